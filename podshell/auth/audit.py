@@ -1,0 +1,98 @@
+"""The audit log: one JSON object per line for every session and every denial.
+
+Lines are written and flushed as they happen so that a crash loses nothing
+already recorded; the file is opened in append mode with O_APPEND so that
+several processes (gateway and node agent) may share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from podshell.auth.identity import Identity
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Who asked for what, from where, through which front door."""
+
+    identity: Identity | None
+    peer: str
+    via: str
+    verb: str
+    target: str
+    command: list[str] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "user": self.identity.name if self.identity else None,
+            "groups": sorted(self.identity.groups) if self.identity else [],
+            "from": self.peer,
+            "via": self.via,
+            "verb": self.verb,
+            "target": self.target,
+        }
+        if self.command is not None:
+            out["command"] = self.command
+        return out
+
+
+@dataclass
+class AuditedSession:
+    log: AuditLog
+    request: Request
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    start: str = field(default_factory=_now)
+    _t0: float = field(default_factory=time.monotonic)
+    _ended: bool = False
+
+    def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
+        """Record how the session ended (once; later calls are ignored)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.log.write(
+            "session.end",
+            id=self.id,
+            **self.request.fields(),
+            start=self.start,
+            end=_now(),
+            seconds=round(time.monotonic() - self._t0, 3),
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+        )
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"time": _now(), "event": event, **fields}
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def denied(self, request: Request, reason: str) -> None:
+        self.write("denied", **request.fields(), reason=reason)
+
+    def session(self, request: Request) -> AuditedSession:
+        session = AuditedSession(self, request)
+        self.write("session.start", id=session.id, **request.fields(), start=session.start)
+        return session
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,96 @@
+"""Deny-by-default authorization: (identity, verb, ns, pod, container) -> allow?"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from podshell.auth.identity import Identity
+from podshell.config import Rule
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _any(patterns: Sequence[str], value: str) -> bool:
+    return any(fnmatchcase(value, p) for p in patterns)
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    index: int
+    rule: Rule
+    sources: tuple[IPNetwork, ...] | None
+
+    def matches(
+        self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None, source: str | None
+    ) -> bool:
+        r = self.rule
+        if not (identity.subjects & set(r.subjects)):
+            return False
+        if "*" not in r.verbs and verb not in r.verbs:
+            return False
+        if not (_any(r.namespaces, namespace) and _any(r.pods, pod)):
+            return False
+        if container is not None and not _any(r.containers, container):
+            return False
+        if self.sources is not None:
+            try:
+                address = ipaddress.ip_address(source) if source else None
+            except ValueError:
+                address = None
+            if address is None or not any(address in net for net in self.sources):
+                return False
+        return True
+
+
+class Policy:
+    """Rules from the configuration.  Nothing is allowed unless a rule
+    allows it, and any matching deny rule wins."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self._rules = [
+            CompiledRule(
+                i,
+                rule,
+                None if rule.sources is None else tuple(ipaddress.ip_network(s, strict=False) for s in rule.sources),
+            )
+            for i, rule in enumerate(rules)
+        ]
+
+    def decide(
+        self,
+        identity: Identity,
+        verb: str,
+        namespace: str,
+        pod: str,
+        container: str | None = None,
+        source: str | None = None,
+    ) -> Decision:
+        """May C{identity} do C{verb} on the target, connecting from C{source}
+        (an IP address)?  C{container} is None for pod-wide verbs
+        (port-forward)."""
+        allowed_by = None
+        for compiled in self._rules:
+            if compiled.matches(identity, verb, namespace, pod, container, source):
+                if compiled.rule.effect == "deny":
+                    return Decision(False, f"denied by policy[{compiled.index}]")
+                allowed_by = allowed_by if allowed_by is not None else compiled.index
+        if allowed_by is None:
+            return Decision(False, "no policy rule allows it")
+        return Decision(True, f"allowed by policy[{allowed_by}]")
+
+    def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str:
+        """The line a denied user sees."""
+        target = "/".join(p for p in (namespace, pod, container) if p)
+        return f"{identity.name} may not {verb} in {target}"

@@ -1,0 +1,144 @@
+"""The server configuration: YAML, validated, with relative paths resolved
+against the file's own directory.  Every mistake is one line naming the file
+and the key."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from podshell.yamlfile import ConfigError, StrictModel, load_document, parse
+
+VERBS = ("exec", "attach", "port-forward")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+
+
+class Listener(StrictModel):
+    listen: str = Field(min_length=1, description="a Twisted server endpoint string")
+
+
+class SSHConfig(Listener):
+    listen: str = "tcp:2222:interface=127.0.0.1"
+
+
+class APIConfig(Listener):
+    listen: str = "ssl:8443:interface=127.0.0.1"
+
+
+class User(StrictModel):
+    name: str = Field(pattern=_NAME)
+    groups: list[str] = []
+    ssh_keys: list[str] = []
+    authorized_keys_file: str | None = None
+    tokens: list[str] = []
+
+    @field_validator("tokens")
+    @classmethod
+    def _strong(cls, v: list[str]) -> list[str]:
+        for token in v:
+            if len(token) < 16 or any(c.isspace() for c in token):
+                raise ValueError("tokens must be at least 16 characters without spaces")
+        return v
+
+
+class Rule(StrictModel):
+    """One policy entry; the policy is deny-by-default and a matching
+    C{effect: deny} rule wins over any allow."""
+
+    subjects: list[str] = Field(min_length=1)
+    verbs: list[str] = Field(min_length=1)
+    namespaces: list[str] = Field(min_length=1)
+    pods: list[str] = ["*"]
+    containers: list[str] = ["*"]
+    effect: Literal["allow", "deny"] = "allow"
+    sources: list[str] | None = None
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        for s in v:
+            kind, _, name = s.partition(":")
+            if s != "*" and (kind not in ("user", "group") or not name):
+                raise ValueError(f"subject {s!r} must be user:NAME, group:NAME or *")
+        return v
+
+    @field_validator("verbs")
+    @classmethod
+    def _verbs(cls, v: list[str]) -> list[str]:
+        for verb in v:
+            if verb != "*" and verb not in VERBS:
+                raise ValueError(f"unknown verb {verb!r} (verbs: {', '.join(VERBS)}, *)")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str] | None) -> list[str] | None:
+        for net in v or ():
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"source {net!r} is not an IP network like 127.0.0.0/8") from None
+        return v
+
+
+class Backoff(StrictModel):
+    """Restart back-off of crashed containers (Kubernetes: 10 s doubling to 5 min)."""
+
+    initial: float = Field(default=10.0, gt=0)
+    max: float = Field(default=300.0, gt=0)
+    reset_after: float = Field(default=600.0, gt=0)
+
+
+class RuntimeConfig(StrictModel):
+    kind: Literal["local"] = "local"
+    pods: str | None = None
+    backoff: Backoff = Backoff()
+
+
+class AuditConfig(StrictModel):
+    path: str | None = None
+
+
+class Config(StrictModel):
+    state_dir: str = "./podshell-state"
+    ssh: SSHConfig = SSHConfig()
+    api: APIConfig | None = None
+    users: list[User] = []
+    policy: list[Rule] = []
+    runtime: RuntimeConfig = RuntimeConfig()
+    audit: AuditConfig = AuditConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [u.name for u in self.users]
+        groups = {g for u in self.users for g in u.groups}
+        for i, user in enumerate(self.users):
+            if names.count(user.name) > 1:
+                raise ValueError(f"users[{i}]: two users are named {user.name!r}")
+        tokens = [t for u in self.users for t in u.tokens]
+        if len(tokens) != len(set(tokens)):
+            raise ValueError("users: the same token is given twice")
+        for i, rule in enumerate(self.policy):
+            for subject in rule.subjects:
+                kind, _, name = subject.partition(":")
+                if (kind == "user" and name not in names) or (kind == "group" and name not in groups):
+                    raise ValueError(f"policy[{i}].subjects: {subject!r} names no configured {kind}")
+        return self
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def load_config(path: Path) -> tuple[Config, Path]:
+    """The configuration in C{path}, and the directory its relative paths
+    are relative to."""
+    config = parse(Config, load_document(path), str(path))
+    return config, path.parent.resolve()
+
+
+__all__ = ["Config", "ConfigError", "load_config", "resolve_path", "VERBS"]

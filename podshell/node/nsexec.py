@@ -1,0 +1,270 @@
+"""Enter or create container namespaces and run a command in them.
+
+This file is both a module (the server imports L{setns}, L{enter} and
+L{NsRef}-style helpers for its network-namespace sockets) and podshell's one
+helper program, run as ``python -I -S nsexec.py SPEC_JSON``.  As a program it
+imports nothing from podshell and only stdlib modules that are cheap to load,
+because every exec pays for its start-up.
+
+Why a helper and not C{nsenter}/C{unshare}: we need, in one step, namespaces
+entered by pidfd (no race with PID reuse), C{chdir} and user lookup *inside*
+the container's mount namespace (never opening host paths first), explicit
+signal forwarding to the command (nsenter forwards none), the command's exit
+status or signal reproduced faithfully, and C{PR_SET_PDEATHSIG} so that no
+container process outlives the server.
+
+Modes (C{spec["mode"]}):
+  - C{sandbox}: new net/uts/ipc namespaces, hostname, loopback up; waits for
+    SIGTERM.  This is the pod's "pause" process.
+  - C{run}: join a sandbox's net/uts/ipc, create pid and mount namespaces with
+    their own /proc, run the command as PID 1.  A container's main process.
+  - C{exec}: join every namespace of a container's PID 1 and run the command.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import grp
+import json
+import os
+import pwd
+import signal
+import sys
+
+# Everything the helper uses is imported above: once inside a container's
+# mount namespace, the host's Python library may not be there to import from.
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = {
+    "mnt": CLONE_NEWNS,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+    "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET,
+}
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MS_REC, _MS_PRIVATE = 0x4000, 1 << 18
+_TIOCSCTTY = 0x540E
+# Signals a caller may send that the helper relays to the command.
+_RELAYED = ("HUP", "INT", "QUIT", "TERM", "USR1", "USR2", "ALRM", "CONT", "TSTP", "WINCH")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """C{setns(2)}; Python 3.11 has no C{os.setns}."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def start_time(pid: int) -> int:
+    """The kernel's start time of C{pid} (clock ticks since boot), which tells
+    a process apart from a later one that reuses its PID."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces and parentheses: split after
+    # the last ")".  Start time is field 22, the 20th after the name.
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def enter(pid: int, started: int, nstype: int) -> None:
+    """Join namespaces of process C{pid}, provided it is still the process
+    that started at C{started} (a pidfd pins it while we check)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ProcessLookupError(f"process {pid} is gone") from None
+    try:
+        if start_time(pid) != started:
+            raise ProcessLookupError(f"process {pid} is gone")
+        setns(pidfd, nstype)
+    finally:
+        os.close(pidfd)
+
+
+def _flags(names: list[str]) -> int:
+    flags = 0
+    for name in names:
+        flags |= NAMESPACE_FLAGS[name]
+    return flags
+
+
+def _fail(message: str, code: int = 126) -> None:
+    os.write(2, f"podshell: {message}\n".encode(errors="replace"))
+    os._exit(code)
+
+
+def _loopback_up() -> None:
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sh22x", b"lo", 0)
+        flags = struct.unpack("16sh22x", fcntl.ioctl(s, 0x8913, ifreq))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+
+
+def _sandbox(spec: dict) -> None:
+    import socket
+
+    _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+    socket.sethostname(spec["hostname"])
+    _loopback_up()
+    stop = []
+    for name in ("TERM", "INT", "HUP"):
+        signal.signal(getattr(signal, "SIG" + name), lambda *_: stop.append(1))
+    os.write(1, b"ready\n")
+    while not stop:
+        signal.pause()
+    os._exit(0)
+
+
+def _credentials(user: str) -> tuple[int, int, list[int], str | None]:
+    """Resolve C{name}, C{uid}, C{name:group} or C{uid:gid} against the
+    container's own /etc/passwd and /etc/group (we are in its mount ns)."""
+    name, _, group = user.partition(":")
+    home = None
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        uid, gid, home, login = entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_name
+    except KeyError:
+        if not name.isdigit():
+            raise LookupError(f"no user {name!r} in the container") from None
+        uid, gid, login = int(name), int(name), None
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise LookupError(f"no group {group!r} in the container") from None
+    groups = os.getgrouplist(login, gid) if login else [gid]
+    return uid, gid, groups, home
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
+
+
+def _child(spec: dict) -> None:
+    """In the forked child: become the command."""
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if spec.get("tty"):
+            os.setsid()
+            fcntl.ioctl(0, _TIOCSCTTY, 1)
+        if "pid" in spec.get("new", ()):
+            _check(
+                _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
+                "mount /proc",
+            )
+        env = dict(os.environ)
+        home = None
+        if spec.get("user") is not None:
+            uid, gid, groups, home = _credentials(str(spec["user"]))
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+        if "HOME" not in env:
+            env["HOME"] = home or _home_of(os.getuid())
+        workdir = spec.get("workdir") or env.get("HOME") or "/"
+        try:
+            os.chdir(workdir)
+        except OSError as e:
+            if spec.get("workdir"):
+                raise OSError(e.errno, f"working directory {workdir}: {e.strerror}") from None
+            os.chdir("/")
+    except (OSError, LookupError) as e:
+        _fail(str(e))
+    _exec(spec["argv"], env)
+
+
+def _exec(argv: list[str], env: dict[str, str]) -> None:
+    """C{execvpe} with the shell's exit codes, searching the command's own
+    PATH (C{os.execvpe} would import modules we may no longer reach)."""
+    name = argv[0]
+    dirs = [""] if "/" in name else env.get("PATH", "/usr/bin:/bin").split(":")
+    denied: OSError | None = None
+    for d in dirs:
+        try:
+            os.execve(os.path.join(d, name) if d else name, argv, env)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as e:
+            denied = e
+        except OSError as e:
+            _fail(f"{name}: {e.strerror}", 126)
+    if denied is not None:
+        _fail(f"{name}: {denied.strerror}", 126)
+    _fail(f"{name}: command not found", 127)
+
+
+def _relay_and_wait(child: int) -> None:
+    """In the helper: pass signals on to the command, then end as it ended."""
+
+    def relay(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for name in _RELAYED:
+        signal.signal(getattr(signal, "SIG" + name), relay)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    while True:
+        _, status = os.waitpid(child, 0)
+        if os.WIFEXITED(status):
+            os._exit(os.WEXITSTATUS(status))
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            _libc.prctl(_PR_SET_DUMPABLE, 0)  # reproduce the signal, not a core
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+
+
+def main(spec: dict) -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != spec["parent"]:
+        os._exit(1)  # the server died before we set the death signal
+    mode = spec["mode"]
+    try:
+        if mode == "sandbox":
+            _sandbox(spec)
+        pid, started = spec["target"]
+        enter(pid, started, _flags(spec["join"]))
+        new = _flags(spec.get("new", []))
+        if new:
+            _check(_libc.unshare(new), "unshare")
+        if new & CLONE_NEWNS:
+            _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    except ProcessLookupError:
+        _fail("the container is not running")
+    except OSError as e:
+        _fail(f"cannot enter the container: {e}")
+    # Block relayed signals until the handlers are in place, so none is lost
+    # between fork and the relay loop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, [getattr(signal, "SIG" + n) for n in _RELAYED])
+    child = os.fork()
+    if child == 0:
+        _child(spec)
+    _relay_and_wait(child)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

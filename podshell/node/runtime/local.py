@@ -1,0 +1,366 @@
+"""The local runtime: pods made of Linux namespaces on the host's filesystem.
+
+Each pod has a sandbox process owning new net, uts and ipc namespaces (the
+Kubernetes "pause" container).  Each container is a process that joins those
+and gets its own pid and mount namespaces with its own /proc.  Containers are
+restarted per C{restartPolicy} with Kubernetes' exponential back-off, and the
+pod phase and container states follow Kubernetes' definitions.
+
+Every process started here has C{PR_SET_PDEATHSIG}: if the server dies, its
+pods die with it, and a clean stop terminates them with the pod's grace
+period.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from podshell.config import Backoff
+from podshell.node.nsexec import start_time
+from podshell.node.runtime.base import (
+    ContainerHandle,
+    ContainerNotRunning,
+    NoSuchContainer,
+    NoSuchPod,
+    ProcessRef,
+)
+from podshell.node.runtime.manifest import Container, Pod
+from podshell.node.spawner import ExitStatus, ProcessSession, Spawner, signal_number
+
+log = Logger()
+INIT_POLL = 0.002  # seconds between looks for a container's PID 1
+INIT_WAIT = 5.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def pod_hostname(name: str) -> str:
+    """Kubernetes' rule: at most 63 characters, no trailing '-' or '.'."""
+    return name[:63].rstrip("-.") if len(name) > 63 else name
+
+
+def privilege_problem() -> str | None:
+    """Why this process cannot run local pods, or None."""
+    if os.geteuid() != 0:
+        return (
+            f"the local runtime creates pod namespaces and needs root (running as uid {os.geteuid()}); "
+            "start podshell as root (rootless user namespaces are not supported)"
+        )
+    return None
+
+
+class LogTail:
+    """The last bytes a container wrote (both streams), bounded."""
+
+    def __init__(self, limit: int = 256 * 1024) -> None:
+        self.limit = limit
+        self._data = bytearray()
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+        if len(self._data) > self.limit:
+            del self._data[: len(self._data) - self.limit]
+
+    def value(self) -> bytes:
+        return bytes(self._data)
+
+    def last_line(self) -> str:
+        lines = self._data.rstrip(b"\n").rsplit(b"\n", 1)
+        return lines[-1].decode(errors="replace")[-1024:]
+
+
+@dataclass(frozen=True)
+class State:
+    """A container state as Kubernetes reports it: waiting, running or terminated."""
+
+    kind: str
+    reason: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+class LocalContainer:
+    """One supervised container process."""
+
+    def __init__(self, pod: LocalPod, spec: Container) -> None:
+        self.pod = pod
+        self.spec = spec
+        self.name = spec.name
+        self.state = State("waiting", reason="ContainerCreating")
+        self.last_state: State | None = None
+        self.restart_count = 0
+        self.session: ProcessSession | None = None
+        self.init: ProcessRef | None = None
+        self.logs = LogTail()
+        self._delay = 0.0
+        self._pending = None  # a scheduled restart or init poll
+
+    @property
+    def env(self) -> tuple[tuple[str, str], ...]:
+        return tuple((e.name, e.value) for e in self.spec.env)
+
+    def start(self) -> None:
+        pod = self.pod
+        assert pod.sandbox_ref is not None
+        self._pending = None
+        env = pod.runtime.spawner.environment(pod.hostname, self.env, None, self.spec.tty)
+        self.session = pod.runtime.spawner.container(
+            pod.sandbox_ref,
+            self.spec.argv,
+            self,
+            env,
+            tty=self.spec.tty,
+            workdir=self.spec.workingDir,
+            description=f"{pod.path}/{self.name}",
+        )
+        self._find_init(self.session, pod.runtime.reactor.seconds())
+
+    def _find_init(self, session: ProcessSession, since: float) -> None:
+        """The container's PID 1 is the helper's only child; exec joins its
+        namespaces.  It appears a few milliseconds after the spawn."""
+        if session is not self.session or session.status is not None:
+            return
+        helper = session.transport.pid
+        try:
+            with open(f"/proc/{helper}/task/{helper}/children") as f:
+                children = f.read().split()
+            child = int(children[0]) if children else None
+            ref = ProcessRef(child, start_time(child)) if child else None
+        except (OSError, ValueError):
+            ref = None
+        reactor = self.pod.runtime.reactor
+        if ref is None:
+            if reactor.seconds() - since < INIT_WAIT:
+                self._pending = reactor.callLater(INIT_POLL, self._find_init, session, since)
+            return
+        self._pending = None
+        self.init = ref
+        self.state = State("running", started_at=now())
+        log.info("container {path} started, pid {pid}", path=self.path, pid=ref.pid)
+
+    @property
+    def path(self) -> str:
+        return f"{self.pod.path}/{self.name}"
+
+    # ProcessSink: the main process's output and end.
+    def outReceived(self, data: bytes) -> None:
+        self.logs.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, status: ExitStatus) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        started = self.state.started_at or now()
+        code = status.code if status.code is not None else 128 + signal_number(status.signal or "KILL")
+        failed = code != 0
+        self.last_state = self.state if self.state.kind == "running" else self.last_state
+        self.state = State(
+            "terminated",
+            reason="Error" if failed else "Completed",
+            message=self.logs.last_line() if failed else None,
+            started_at=started,
+            finished_at=now(),
+            exit_code=code,
+            signal=signal_number(status.signal) if status.signal else None,
+        )
+        self.init = None
+        self.session = None
+        log.info("container {path} ended: {status}", path=self.path, status=str(status))
+        if self.pod.stopping:
+            return
+        policy = self.pod.manifest.spec.restartPolicy
+        if policy == "Always" or (policy == "OnFailure" and failed):
+            self._schedule_restart((self.state.finished_at - started).total_seconds())
+
+    def _schedule_restart(self, ran_for: float) -> None:
+        backoff: Backoff = self.pod.runtime.backoff
+        if ran_for >= backoff.reset_after:
+            self._delay = 0.0
+        self._delay = min(backoff.max, self._delay * 2 if self._delay else backoff.initial)
+        self.last_state, self.state = (
+            self.state,
+            State(
+                "waiting",
+                reason="CrashLoopBackOff",
+                message=f"back-off {self._delay:g}s restarting failed container={self.name} pod={self.pod.name}",
+            ),
+        )
+        log.info("container {path} restarts in {delay}s", path=self.path, delay=self._delay)
+        self._pending = self.pod.runtime.reactor.callLater(self._delay, self._restart)
+
+    def _restart(self) -> None:
+        self.restart_count += 1
+        self.start()
+
+    def stop(self) -> Deferred:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        if self.session is None:
+            return succeed(None)
+        return self.session.terminate(self.pod.manifest.spec.terminationGracePeriodSeconds)
+
+
+class _SandboxSink:
+    def __init__(self, pod: LocalPod) -> None:
+        self.pod = pod
+        self.out = b""
+        self.err = LogTail(4096)
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if b"ready\n" in self.out and not self.pod.ready.called:
+            self.pod.sandbox_ready()
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, status: ExitStatus) -> None:
+        self.pod.sandbox_ended(status, self.err.last_line())
+
+
+class LocalPod:
+    def __init__(self, runtime: LocalRuntime, manifest: Pod) -> None:
+        self.runtime = runtime
+        self.manifest = manifest
+        self.name = manifest.metadata.name
+        self.namespace = manifest.metadata.namespace
+        self.uid = str(uuid.uuid4())
+        self.created = now()
+        self.started: datetime | None = None
+        self.hostname = pod_hostname(self.name)
+        self.containers = {c.name: LocalContainer(self, c) for c in manifest.spec.containers}
+        self.sandbox: ProcessSession | None = None
+        self.sandbox_ref: ProcessRef | None = None
+        self.ready: Deferred[None] = Deferred()
+        self.stopping = False
+        self.failure: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def start(self) -> Deferred[None]:
+        """Start the sandbox, then the containers; fires once they were launched."""
+        self.sandbox = self.runtime.spawner.sandbox(self.hostname, _SandboxSink(self))
+        return self.ready
+
+    def sandbox_ready(self) -> None:
+        assert self.sandbox is not None
+        pid = self.sandbox.transport.pid
+        self.sandbox_ref = ProcessRef(pid, start_time(pid))
+        self.started = now()
+        log.info("pod {path} sandbox up, pid {pid}", path=self.path, pid=pid)
+        for container in self.containers.values():
+            container.start()
+        self.ready.callback(None)
+
+    def sandbox_ended(self, status: ExitStatus, last_error: str) -> None:
+        self.sandbox_ref = None
+        if self.stopping:
+            return
+        self.failure = f"pod sandbox ended ({status}): {last_error or 'no message'}"
+        log.error("pod {path}: {failure}", path=self.path, failure=self.failure)
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(self.failure))
+        else:
+            self.stop()
+
+    @property
+    def phase(self) -> str:
+        if self.failure is not None:
+            return "Failed"
+        states = [c.state for c in self.containers.values()]
+        if any(s.kind == "running" or s.reason == "CrashLoopBackOff" for s in states):
+            return "Running"
+        if states and all(s.kind == "terminated" for s in states):
+            return "Succeeded" if all(s.exit_code == 0 for s in states) else "Failed"
+        return "Pending"
+
+    def default_container(self) -> str:
+        return self.manifest.default_container
+
+    def handle(self, container: str | None) -> ContainerHandle:
+        name = container or self.default_container()
+        c = self.containers.get(name)
+        if c is None:
+            raise NoSuchContainer(self.namespace, self.name, name, list(self.containers))
+        if c.init is None or self.sandbox_ref is None:
+            raise ContainerNotRunning(self.namespace, self.name, name, c.state.reason or c.state.kind)
+        return ContainerHandle(
+            namespace=self.namespace,
+            pod=self.name,
+            container=name,
+            hostname=self.hostname,
+            init=c.init,
+            sandbox=self.sandbox_ref,
+            env=c.env,
+            working_dir=c.spec.workingDir,
+        )
+
+    def stop(self) -> Deferred:
+        """Terminate the containers (grace period, then SIGKILL), then the sandbox."""
+        self.stopping = True
+        stopped = DeferredList([c.stop() for c in self.containers.values()], consumeErrors=True)
+
+        def sandbox(_: object) -> Deferred | None:
+            if self.sandbox is not None and self.sandbox.status is None:
+                return self.sandbox.terminate(2.0)
+            return None
+
+        return stopped.addCallback(sandbox)
+
+
+class LocalRuntime(Service):
+    """Runs the pods of a manifest file and resolves targets to handles."""
+
+    name = "runtime"
+
+    def __init__(self, reactor, spawner: Spawner, manifests: Iterable[Pod], backoff: Backoff | None = None) -> None:
+        self.reactor = reactor
+        self.spawner = spawner
+        self.backoff = backoff or Backoff()
+        self._pods = {(m.metadata.namespace, m.metadata.name): LocalPod(self, m) for m in manifests}
+
+    def pods(self, namespace: str | None = None) -> list[LocalPod]:
+        return sorted(
+            (p for p in self._pods.values() if namespace is None or p.namespace == namespace),
+            key=lambda p: (p.namespace, p.name),
+        )
+
+    def pod(self, namespace: str, name: str) -> LocalPod:
+        pod = self._pods.get((namespace, name))
+        if pod is None:
+            raise NoSuchPod(namespace, name)
+        return pod
+
+    def container_names(self, namespace: str, name: str) -> list[str] | None:
+        pod = self._pods.get((namespace, name))
+        return list(pod.containers) if pod else None
+
+    def resolve(self, namespace: str, pod: str, container: str | None = None) -> ContainerHandle:
+        return self.pod(namespace, pod).handle(container)
+
+    def startService(self) -> None:
+        super().startService()
+        for pod in self._pods.values():
+            pod.start().addErrback(lambda f, p=pod: log.error("pod {path} failed to start: {e}", path=p.path, e=f.value))
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        log.info("stopping {n} pods", n=len(self._pods))
+        return DeferredList([p.stop() for p in self._pods.values()], consumeErrors=True)
