@@ -116,7 +116,7 @@ class Config(StrictModel):
         names = [u.name for u in self.users]
         groups = {g for u in self.users for g in u.groups}
         for i, user in enumerate(self.users):
-            if names.count(user.name) > 1:
+            if user.name in names[:i]:
                 raise ValueError(f"users[{i}]: two users are named {user.name!r}")
         tokens = [t for u in self.users for t in u.tokens]
         if len(tokens) != len(set(tokens)):
@@ -141,4 +141,4 @@ def load_config(path: Path) -> tuple[Config, Path]:
     return config, path.parent.resolve()
 
 
-__all__ = ["Config", "ConfigError", "load_config", "resolve_path", "VERBS"]
+__all__ = ["VERBS", "Config", "ConfigError", "load_config", "resolve_path"]

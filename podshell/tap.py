@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -93,7 +93,7 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
     loaded: Loaded = options.loaded
@@ -102,7 +102,9 @@ def makeService(options: Options) -> IService:
     spawner = Spawner(reactor)
     runtime = LocalRuntime(reactor, spawner, loaded.pods, config.runtime.backoff)
     runtime.setServiceParent(top)
-    audit_path = resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
+    audit_path = (
+        resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
+    )
     gate = Gate(runtime, loaded.policy, AuditLog(audit_path))
     top.gate = gate  # type: ignore[attr-defined]  # the front doors' shared gate
     log.info(

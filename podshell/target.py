@@ -18,6 +18,25 @@ _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 FORMS = "NAMESPACE.POD[.CONTAINER] or NAMESPACE/POD[/CONTAINER]"
 
 
+class TargetError(Exception):
+    """A target that cannot be reached: its message is meant for the user."""
+
+
+class NoSuchPod(TargetError):
+    def __init__(self, namespace: str, pod: str) -> None:
+        super().__init__(f"no pod {namespace}/{pod}")
+
+
+class NoSuchContainer(TargetError):
+    def __init__(self, namespace: str, pod: str, container: str, known: list[str]) -> None:
+        super().__init__(f"pod {namespace}/{pod} has no container {container!r} (it has: {', '.join(known)})")
+
+
+class ContainerNotRunning(TargetError):
+    def __init__(self, namespace: str, pod: str, container: str, state: str) -> None:
+        super().__init__(f"container {container!r} of pod {namespace}/{pod} is not running ({state})")
+
+
 class InvalidTarget(ValueError):
     """A target name that cannot name any container."""
 
@@ -33,7 +52,9 @@ def label_problem(value: str, what: str) -> str | None:
     if len(value) > 63:
         return f"{what} longer than 63 characters"
     if not _LABEL.fullmatch(value):
-        return f"{what} {value!r} must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+        return (
+            f"{what} {value!r} must be lower-case letters, digits and '-', starting and ending with a letter or digit"
+        )
     return None
 
 
@@ -101,7 +122,7 @@ def resolve(text: str, has_pod: Callable[[str, str], list[str] | None]) -> Targe
     container names, or None when there is no such pod.
 
     @raise InvalidTarget: malformed, or ambiguous.
-    @raise LookupError: well formed, but names nothing that exists.
+    @raise TargetError: well formed, but names nothing that exists.
     """
     options = candidates(text)
     found = []
@@ -112,12 +133,17 @@ def resolve(text: str, has_pod: Callable[[str, str], list[str] | None]) -> Targe
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
-        raise InvalidTarget(text, "ambiguous, it may mean " + " or ".join(str(t) for t in found) + " (use '/' to say which)")
+        raise InvalidTarget(
+            text, "ambiguous, it may mean " + " or ".join(str(t) for t in found) + " (use '/' to say which)"
+        )
     if len(options) == 1:
         target = options[0]
         containers = has_pod(target.namespace, target.pod)
         if containers is None:
-            raise LookupError(f"no pod {target.namespace}/{target.pod}")
-        raise LookupError(f"pod {target.namespace}/{target.pod} has no container {target.container!r} (it has: {', '.join(containers)})")
+            raise NoSuchPod(target.namespace, target.pod)
+        raise NoSuchContainer(target.namespace, target.pod, str(target.container), containers)
     split, whole = options
-    raise LookupError(f"no pod {split.namespace}/{split.pod} with container {split.container!r}, and no pod {whole.namespace}/{whole.pod}")
+    raise TargetError(
+        f"no pod {split.namespace}/{split.pod} with container {split.container!r}, "
+        f"and no pod {whole.namespace}/{whole.pod}"
+    )

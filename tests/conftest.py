@@ -89,7 +89,9 @@ async def start_pods(spawner, tmp_path):
         started.append(runtime)
         if wait:
             await wait_for(
-                lambda: all(c.state.reason != "ContainerCreating" for p in runtime.pods() for c in p.containers.values())
+                lambda: all(
+                    c.state.reason != "ContainerCreating" for p in runtime.pods() for c in p.containers.values()
+                )
             )
         return runtime
 

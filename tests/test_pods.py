@@ -31,7 +31,6 @@ ECHO_SERVER = (
 )
 
 
-
 def two_containers(port: int) -> list[dict]:
     """Pod team-a/web-0: an echo server on 127.0.0.1:port, and a client."""
     return [
@@ -65,8 +64,8 @@ async def test_containers_share_the_pod_network_and_only_it(start_pods, spawner)
     client = runtime.resolve("team-a", "web-0", "client")
     await sleep(0.5)  # let the server listen
     probe = (
-        "import socket; s = socket.create_connection(('127.0.0.1', %d)); s.sendall(b'abc');"
-        " s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())" % port
+        f"import socket; s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'abc');"
+        " s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())"
     )
     status, out, err = await run(spawner, client, [PYTHON, "-c", probe])
     assert (status, out, err) == (ExitStatus(code=0), b"got 3\n", b"")
@@ -119,7 +118,9 @@ async def test_exit_codes_signals_and_separate_stderr(start_pods, spawner):
     assert b"no-such-command-xyz: command not found" in err
     # A signal sent to the session reaches the command, not just the helper.
     sink = Collect()
-    session = spawner.process(handle, ["sh", "-c", "trap 'echo got-usr1; exit 3' USR1; while :; do sleep 0.05; done"], sink)
+    session = spawner.process(
+        handle, ["sh", "-c", "trap 'echo got-usr1; exit 3' USR1; while :; do sleep 0.05; done"], sink
+    )
     await sleep(0.5)
     session.signal("USR1")
     assert await sink.done == ExitStatus(code=3)
@@ -142,7 +143,9 @@ async def test_environment_user_and_workdir_are_explicit(start_pods, spawner):
         assert "PODSHELL_SERVER_SECRET" not in env
         assert env["GREETING"] == "hello" and env["LANG"] == "C.UTF-8" and env["HOSTNAME"] == "web-0"
         assert env["HOME"] == "/root"
-        _, out, err = await run(spawner, handle, ["sh", "-c", "id -u; id -g; pwd; echo $HOME"], user="nobody", workdir="/tmp")
+        _, out, err = await run(
+            spawner, handle, ["sh", "-c", "id -u; id -g; pwd; echo $HOME"], user="nobody", workdir="/tmp"
+        )
         assert out.decode().split() == ["65534", "65534", "/tmp", "/nonexistent"], err
         status, _, err = await run(spawner, handle, ["true"], user="no-such-user")
         assert status.code == 126 and b"no user 'no-such-user'" in err
@@ -280,8 +283,8 @@ async def test_listening_inside_the_pod(start_pods, spawner):
     port = await spawner.listen(handle, 0, protocol.Factory.forProtocol(Hello))
     try:
         number = port.getHost().port
-        probe = "import socket; print(socket.create_connection(('127.0.0.1', %d)).recv(100).decode())" % number
-        status, out, _ = await run(spawner, handle, [PYTHON, "-c", probe])
+        probe = f"import socket; print(socket.create_connection(('127.0.0.1', {number})).recv(100).decode())"
+        _status, out, _ = await run(spawner, handle, [PYTHON, "-c", probe])
         assert out == b"hello from outside\n"
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", number), timeout=2)

@@ -13,8 +13,8 @@ from typing import Protocol
 from podshell.auth.audit import AuditedSession, AuditLog, Request
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy
-from podshell.node.runtime.base import ContainerHandle, TargetError
-from podshell.target import InvalidTarget, Target, candidates, resolve
+from podshell.node.runtime.base import ContainerHandle
+from podshell.target import InvalidTarget, Target, TargetError, candidates, resolve
 
 
 class Runtime(Protocol):
@@ -65,7 +65,7 @@ class Gate:
             wanted = target if isinstance(target, Target) else resolve(text, self.runtime.container_names)
         except InvalidTarget as e:
             raise self._deny(request, "invalid target", str(e)) from None
-        except LookupError as e:
+        except TargetError as e:
             options = candidates(text)
             if not any(self.policy.decide(identity, verb, t.namespace, t.pod, None, source) for t in options):
                 raise self._deny(
@@ -80,7 +80,9 @@ class Gate:
                     request, str(e), self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
                 ) from None
             raise self._deny(request, str(e), str(e)) from None
-        request = Request(identity, peer, via, verb, handle.path if not pod_wide else f"{handle.namespace}/{handle.pod}", command)
+        request = Request(
+            identity, peer, via, verb, handle.path if not pod_wide else f"{handle.namespace}/{handle.pod}", command
+        )
         container = None if pod_wide else handle.container
         decision = self.policy.decide(identity, verb, handle.namespace, handle.pod, container, source)
         if not decision:

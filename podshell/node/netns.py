@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocol, IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from podshell.node.nsexec import CLONE_NEWNET, enter, setns
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning
@@ -71,7 +71,7 @@ def _connect(handle: ContainerHandle, host: str, port: int) -> socket.socket:
         s = _socket_in(handle, family)
         try:
             s.settimeout(CONNECT_TIMEOUT)
-            s.connect(addr + (port,))
+            s.connect((*addr, port))
             s.setblocking(False)
             return s
         except OSError as e:
@@ -84,7 +84,9 @@ def _connect(handle: ContainerHandle, host: str, port: int) -> socket.socket:
         raise PortRefused(
             errno.ECONNREFUSED, f"nothing listens on {host}:{port} in pod {handle.namespace}/{handle.pod}"
         )
-    raise OSError(last.errno, f"cannot connect to {host}:{port} in pod {handle.namespace}/{handle.pod}: {last.strerror}")
+    raise OSError(
+        last.errno, f"cannot connect to {host}:{port} in pod {handle.namespace}/{handle.pod}: {last.strerror}"
+    )
 
 
 def _listen(handle: ContainerHandle, host: str, port: int, backlog: int) -> socket.socket:
@@ -92,16 +94,19 @@ def _listen(handle: ContainerHandle, host: str, port: int, backlog: int) -> sock
     s = _socket_in(handle, family)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(addr + (port,))
+        s.bind((*addr, port))
         s.listen(backlog)
         s.setblocking(False)
     except OSError as e:
         s.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port} in pod {handle.namespace}/{handle.pod}: {e.strerror}") from None
+        raise OSError(
+            e.errno, f"cannot listen on {host}:{port} in pod {handle.namespace}/{handle.pod}: {e.strerror}"
+        ) from None
     return s
 
 
-class _Capture(Factory):
+@implementer(IProtocolFactory)
+class _Capture:
     """Builds the caller's protocol for an adopted connection and remembers it
     (C{adoptStreamConnection} returns nothing)."""
 
@@ -109,9 +114,15 @@ class _Capture(Factory):
         self.wrapped = wrapped
         self.built: IProtocol | None = None
 
-    def buildProtocol(self, addr: object) -> IProtocol | None:
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         self.built = self.wrapped.buildProtocol(addr)
         return self.built
+
+    def doStart(self) -> None:
+        """Adopted connections start no factory."""
+
+    def doStop(self) -> None:
+        """Adopted connections stop no factory."""
 
 
 class NetnsSockets:

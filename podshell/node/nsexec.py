@@ -23,6 +23,7 @@ Modes (C{spec["mode"]}):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import grp
@@ -218,10 +219,8 @@ def _relay_and_wait(child: int) -> None:
     """In the helper: pass signals on to the command, then end as it ended."""
 
     def relay(signum: int, _frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
-        except ProcessLookupError:
-            pass
 
     for name in _RELAYED:
         signal.signal(getattr(signal, "SIG" + name), relay)

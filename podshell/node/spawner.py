@@ -10,6 +10,7 @@ the process (its pipe fills, it blocks in write) instead of growing memory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,7 +21,7 @@ import sys
 import termios
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
@@ -58,10 +59,10 @@ class ExitStatus:
 
     @classmethod
     def fromFailure(cls, reason: Failure) -> ExitStatus:
-        value = reason.value
-        if getattr(value, "signal", None) is not None:
-            return cls(signal=signal_name(value.signal))
-        return cls(code=getattr(value, "exitCode", None) or 0)
+        signum = getattr(reason.value, "signal", None)
+        if signum is not None:
+            return cls(signal=signal_name(signum))
+        return cls(code=getattr(reason.value, "exitCode", None) or 0)
 
     def __str__(self) -> str:
         return f"signal {self.signal}" if self.signal else f"exit code {self.code}"
@@ -95,6 +96,29 @@ class ProcessSink(Protocol):
     def processEnded(self, status: ExitStatus) -> None: ...
 
 
+class _HelperProcess(Protocol):
+    """What we use of Twisted's C{Process} and C{PTYProcess}; both have it,
+    though C{IProcessTransport} does not promise all of it."""
+
+    pid: int | None
+
+    def write(self, data: bytes) -> None: ...
+
+    def closeStdin(self) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def signalProcess(self, signalID: str | int) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+
 @implementer(IPushProducer)
 class ProcessSession(ProcessProtocol):
     """One process in a container, as seen by a front door."""
@@ -111,6 +135,12 @@ class ProcessSession(ProcessProtocol):
         self.bytes_out = 0
         self._kill_timer = None
         self.ended: Deferred[ExitStatus] = Deferred()
+
+    @property
+    def process(self) -> _HelperProcess:
+        """The helper process (set by spawnProcess before anything else runs)."""
+        assert self.transport is not None
+        return cast(_HelperProcess, self.transport)
 
     # Output, delivered to the sink.
     def outReceived(self, data: bytes) -> None:
@@ -132,24 +162,22 @@ class ProcessSession(ProcessProtocol):
     def write(self, data: bytes) -> None:
         if self.status is None:
             self.bytes_in += len(data)
-            self.transport.write(data)
+            self.process.write(data)
 
     def closeStdin(self) -> None:
         """Deliver EOF.  A terminal has no EOF of its own: like sshd, we
         ignore it there (the user types ^D)."""
         if self.status is None and not self.tty:
-            self.transport.closeStdin()
+            self.process.closeStdin()
 
     def resize(self, size: WindowSize) -> None:
         if self.tty and self.status is None:
-            fcntl.ioctl(self.transport.fileno(), termios.TIOCSWINSZ, size.pack())
+            fcntl.ioctl(self.process.fileno(), termios.TIOCSWINSZ, size.pack())
 
     def signal(self, sig: str | int) -> None:
         """Send a signal to the command (the helper relays it)."""
-        try:
-            self.transport.signalProcess(signal_number(sig))
-        except ProcessExitedAlready:
-            pass
+        with contextlib.suppress(ProcessExitedAlready):
+            self.process.signalProcess(signal_number(sig))
 
     def terminate(self, grace: float = 5.0) -> Deferred[ExitStatus]:
         """SIGTERM now, SIGKILL after C{grace} seconds if still running."""
@@ -170,19 +198,19 @@ class ProcessSession(ProcessProtocol):
     def registerProducer(self, producer: object, streaming: bool) -> None:
         """Flow control for stdin: C{producer} is paused while the process
         does not read."""
-        self.transport.registerProducer(producer, streaming)
+        self.process.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self.transport.unregisterProducer()
+        self.process.unregisterProducer()
 
     # IPushProducer: flow control for output.
     def pauseProducing(self) -> None:
         if self.status is None:
-            self.transport.pauseProducing()
+            self.process.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.status is None:
-            self.transport.resumeProducing()
+            self.process.resumeProducing()
 
     def stopProducing(self) -> None:
         if self.status is None:
@@ -255,7 +283,12 @@ class Spawner:
             "workdir": workdir or handle.working_dir,
         }
         return self._launch(
-            spec, sink, self.environment(handle.hostname, handle.env, env, tty), tty, size, f"{handle.path}: {' '.join(argv)}"
+            spec,
+            sink,
+            self.environment(handle.hostname, handle.env, env, tty),
+            tty,
+            size,
+            f"{handle.path}: {' '.join(argv)}",
         )
 
     def container(

@@ -4,27 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from podshell.target import ContainerNotRunning, NoSuchContainer, NoSuchPod, TargetError
 
-class TargetError(Exception):
-    """A target that cannot be reached: its message is meant for the user."""
-
-
-class NoSuchPod(TargetError):
-    def __init__(self, namespace: str, pod: str) -> None:
-        super().__init__(f"no pod {namespace}/{pod}")
-
-
-class NoSuchContainer(TargetError):
-    def __init__(self, namespace: str, pod: str, container: str, known: list[str]) -> None:
-        super().__init__(
-            f"pod {namespace}/{pod} has no container {container!r} "
-            f"(it has: {', '.join(known)})"
-        )
-
-
-class ContainerNotRunning(TargetError):
-    def __init__(self, namespace: str, pod: str, container: str, state: str) -> None:
-        super().__init__(f"container {container!r} of pod {namespace}/{pod} is not running ({state})")
+__all__ = ["ContainerHandle", "ContainerNotRunning", "NoSuchContainer", "NoSuchPod", "ProcessRef", "TargetError"]
 
 
 @dataclass(frozen=True)

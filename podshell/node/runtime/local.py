@@ -17,11 +17,12 @@ import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from podshell.config import Backoff
 from podshell.node.nsexec import start_time
@@ -41,7 +42,7 @@ INIT_WAIT = 5.0
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def pod_hostname(name: str) -> str:
@@ -133,7 +134,8 @@ class LocalContainer:
         namespaces.  It appears a few milliseconds after the spawn."""
         if session is not self.session or session.status is not None:
             return
-        helper = session.transport.pid
+        helper = session.process.pid
+        assert helper is not None
         try:
             with open(f"/proc/{helper}/task/{helper}/children") as f:
                 children = f.read().split()
@@ -166,6 +168,7 @@ class LocalContainer:
             self._pending.cancel()
         self._pending = None
         started = self.state.started_at or now()
+        finished = now()
         code = status.code if status.code is not None else 128 + signal_number(status.signal or "KILL")
         failed = code != 0
         self.last_state = self.state if self.state.kind == "running" else self.last_state
@@ -174,7 +177,7 @@ class LocalContainer:
             reason="Error" if failed else "Completed",
             message=self.logs.last_line() if failed else None,
             started_at=started,
-            finished_at=now(),
+            finished_at=finished,
             exit_code=code,
             signal=signal_number(status.signal) if status.signal else None,
         )
@@ -185,7 +188,7 @@ class LocalContainer:
             return
         policy = self.pod.manifest.spec.restartPolicy
         if policy == "Always" or (policy == "OnFailure" and failed):
-            self._schedule_restart((self.state.finished_at - started).total_seconds())
+            self._schedule_restart((finished - started).total_seconds())
 
     def _schedule_restart(self, ran_for: float) -> None:
         backoff: Backoff = self.pod.runtime.backoff
@@ -261,7 +264,8 @@ class LocalPod:
 
     def sandbox_ready(self) -> None:
         assert self.sandbox is not None
-        pid = self.sandbox.transport.pid
+        pid = self.sandbox.process.pid
+        assert pid is not None
         self.sandbox_ref = ProcessRef(pid, start_time(pid))
         self.started = now()
         log.info("pod {path} sandbox up, pid {pid}", path=self.path, pid=pid)
@@ -325,6 +329,10 @@ class LocalPod:
         return stopped.addCallback(sandbox)
 
 
+def _failed_to_start(failure: Failure, pod: LocalPod) -> None:
+    log.error("pod {path} failed to start: {e}", path=pod.path, e=failure.value)
+
+
 class LocalRuntime(Service):
     """Runs the pods of a manifest file and resolves targets to handles."""
 
@@ -358,7 +366,7 @@ class LocalRuntime(Service):
     def startService(self) -> None:
         super().startService()
         for pod in self._pods.values():
-            pod.start().addErrback(lambda f, p=pod: log.error("pod {path} failed to start: {e}", path=p.path, e=f.value))
+            pod.start().addErrback(_failed_to_start, pod)
 
     def stopService(self) -> Deferred:
         super().stopService()

@@ -1,0 +1,1 @@
+"""The ``podshell`` command line."""

@@ -1,0 +1,101 @@
+"""The gate every front door uses: names, policy, existence, and the audit log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+
+from podshell.auth.audit import AuditLog
+from podshell.auth.identity import Identity
+from podshell.auth.policy import Policy
+from podshell.config import Rule
+from podshell.gateway.access import Denied, Gate
+
+from .conftest import needs_root, pod
+
+pytestmark = needs_root
+
+ALICE = Identity("alice", frozenset({"dev"}))
+EVE = Identity("eve")
+
+PODS = [
+    pod(
+        "web-0",
+        {"name": "app", "command": ["sleep", "600"]},
+        {"name": "log", "command": ["sleep", "600"]},
+        namespace="team-a",
+    ),
+    pod("broken", {"name": "app", "command": ["false"]}, namespace="team-a", restartPolicy="Never"),
+    pod("db-0", {"name": "db", "command": ["sleep", "600"]}, namespace="team-b"),
+]
+
+
+@pytest_twisted.async_yield_fixture
+async def gate(start_pods, tmp_path):
+    runtime = await start_pods(PODS)
+    policy = Policy(
+        [
+            Rule(subjects=["group:dev"], verbs=["exec", "port-forward"], namespaces=["team-a"], containers=["app"]),
+        ]
+    )
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    yield Gate(runtime, policy, audit)
+    audit.close()
+
+
+def records(gate: Gate) -> list[dict]:
+    return [json.loads(line) for line in gate.audit.path.read_text().splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_granted_sessions_are_audited_from_start_to_end(gate):
+    granted = gate.enter(ALICE, "exec", "team-a.web-0", "127.0.0.1:5000", "ssh", ["ls", "-l"])
+    assert granted.handle.path == "team-a/web-0/app"  # the default container
+    granted.session.end("exit code 0", bytes_in=3, bytes_out=10)
+    granted.session.end("exit code 1")  # only the first end counts
+    start, end = records(gate)
+    assert start["event"] == "session.start" and end["event"] == "session.end"
+    assert start["id"] == end["id"]
+    for r in (start, end):
+        assert (r["user"], r["groups"], r["from"], r["via"], r["verb"], r["target"], r["command"]) == (
+            "alice",
+            ["dev"],
+            "127.0.0.1:5000",
+            "ssh",
+            "exec",
+            "team-a/web-0/app",
+            ["ls", "-l"],
+        )
+    assert (end["status"], end["bytes_in"], end["bytes_out"]) == ("exit code 0", 3, 10)
+    assert end["seconds"] >= 0 and end["start"] == start["start"]
+
+
+@pytest.mark.parametrize(
+    "who, verb, target, message",
+    [
+        (ALICE, "exec", "team-a.web-0.log", "alice may not exec in team-a/web-0/log"),
+        (ALICE, "attach", "team-a/web-0", "alice may not attach in team-a/web-0/app"),
+        (ALICE, "exec", "team-b/db-0", "alice may not exec in team-b/db-0/db"),
+        (ALICE, "exec", "team-a.web-1", "no pod team-a/web-1"),  # allowed there: existence may be told
+        (ALICE, "exec", "team-a/web-0/nope", "pod team-a/web-0 has no container 'nope'"),
+        (ALICE, "exec", "team-a/broken", "container 'app' of pod team-a/broken is not running (Error)"),
+        (EVE, "exec", "team-a.web-1", "eve may not exec in team-a/web-1"),  # not allowed: no hint of existence
+        (EVE, "exec", "team-z/anything", "eve may not exec in team-z/anything"),
+        (ALICE, "exec", "Team-A.web", "invalid target 'Team-A.web': namespace 'Team-A' must be lower-case"),
+    ],
+)
+def test_denials_are_clear_and_audited(gate, who, verb, target, message):
+    with pytest.raises(Denied) as info:
+        gate.enter(who, verb, target, "[::1]:4000", "ssh")
+    assert str(info.value).startswith(message)
+    (record,) = records(gate)
+    assert record["event"] == "denied" and record["user"] == who.name and record["from"] == "[::1]:4000"
+    assert record["reason"]
+
+
+def test_port_forward_is_pod_wide(gate):
+    granted = gate.enter(ALICE, "port-forward", "team-a/web-0", "127.0.0.1:1", "api")
+    assert records(gate)[0]["target"] == "team-a/web-0"
+    assert granted.handle.sandbox.pid > 0

@@ -1,0 +1,72 @@
+"""The policy matrix: verbs x namespaces x pods x containers, globs, deny rules, sources."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from podshell.auth.identity import Identity
+from podshell.auth.policy import Policy
+from podshell.config import Rule
+
+ALICE = Identity("alice", frozenset({"dev"}))
+BOB = Identity("bob")
+CAROL = Identity("carol", frozenset({"ops"}))
+
+POLICY = Policy(
+    [
+        Rule(subjects=["group:dev", "user:bob"], verbs=["exec", "attach", "port-forward"], namespaces=["team-a"]),
+        Rule(subjects=["group:dev"], verbs=["exec"], namespaces=["team-b"], pods=["web-*"], containers=["app"]),
+        Rule(subjects=["user:bob"], verbs=["*"], namespaces=["team-a"], pods=["db-*"], effect="deny"),
+        Rule(subjects=["group:ops"], verbs=["*"], namespaces=["*"], sources=["10.0.0.0/8"]),
+    ]
+)
+
+NAMESPACES = ["team-a", "team-b", "kube-system"]
+PODS = ["web-0", "db-0"]
+CONTAINERS = ["app", "sidecar"]
+VERBS = ["exec", "attach", "port-forward"]
+
+
+def expected(who: Identity, verb: str, ns: str, pod: str, ctr: str | None, source: str) -> bool:
+    """The same policy, written out by hand."""
+    if who not in (ALICE, BOB, CAROL):
+        return False
+    if who is CAROL:
+        return source.startswith("10.")
+    if who is BOB and ns == "team-a" and pod.startswith("db-"):
+        return False
+    if ns == "team-a":
+        return True
+    if who is ALICE and ns == "team-b":
+        return verb == "exec" and pod.startswith("web-") and ctr in ("app", None)
+    return False
+
+
+@pytest.mark.parametrize("who", [ALICE, BOB, CAROL, Identity("mallory")], ids=lambda i: i.name)
+def test_matrix(who):
+    for verb, ns, pod, ctr, source in itertools.product(
+        VERBS, NAMESPACES, PODS, [*CONTAINERS, None], ["127.0.0.1", "10.1.2.3", "::1"]
+    ):
+        decision = POLICY.decide(who, verb, ns, pod, ctr, source)
+        assert bool(decision) == expected(who, verb, ns, pod, ctr, source), (who, verb, ns, pod, ctr, source)
+
+
+def test_reasons_name_the_rule():
+    assert POLICY.decide(ALICE, "exec", "team-a", "web-0", "app").reason == "allowed by policy[0]"
+    assert POLICY.decide(BOB, "exec", "team-a", "db-0", "app").reason == "denied by policy[2]"
+    assert POLICY.decide(BOB, "exec", "team-b", "web-0", "app").reason == "no policy rule allows it"
+
+
+def test_nothing_is_allowed_without_rules():
+    assert not Policy([]).decide(ALICE, "exec", "team-a", "web-0", "app")
+
+
+def test_sources_need_an_address():
+    assert not POLICY.decide(CAROL, "exec", "x", "y", "z", None)
+    assert not POLICY.decide(CAROL, "exec", "x", "y", "z", "not-an-ip")
+
+
+def test_the_user_message():
+    assert POLICY.message(ALICE, "exec", "team-a", "web-0", "app") == "alice may not exec in team-a/web-0/app"

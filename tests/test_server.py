@@ -1,0 +1,167 @@
+"""``twistd podshell`` as a user runs it: start, pods up, stop, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podshell.node.runtime.local import privilege_problem
+
+from .conftest import needs_root, pod
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+class Server:
+    """A twistd process, its log captured to a file."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict | None = None) -> None:
+        self.log = cwd / "twistd.out"
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "podshell", *args],
+            cwd=cwd,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: text in self.output() or self.proc.poll() is not None, timeout)
+        assert text in self.output(), self.output()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def server_dir(tmp_path):
+    servers: list[Server] = []
+
+    def start(*args: str, **kw) -> Server:
+        s = Server(tmp_path, *args, **kw)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
+def write_config(tmp_path: Path, pods: list[dict]) -> str:
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    (tmp_path / "podshell.yaml").write_text(
+        "state_dir: ./state\nssh: {listen: 'tcp:0:interface=127.0.0.1'}\nruntime: {pods: ./pods.yaml}\n"
+    )
+    return str(tmp_path / "podshell.yaml")
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_server_leaves_no_pod_process(tmp_path, server_dir, how):
+    marker = f"9{uuid.uuid4().int % 10**9:09d}"  # a unique sleep duration to find our processes by
+    config = write_config(
+        tmp_path,
+        [
+            pod(
+                "web-0",
+                # PID 1 ignores SIGTERM: the grace period and then SIGKILL must end it.
+                {"name": "stubborn", "command": ["sleep", marker]},
+                {"name": "polite", "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait", marker]},
+                terminationGracePeriodSeconds=1,
+            ),
+            pod("db-0", {"name": "db", "command": ["sh", "-c", "sleep 3600 & sleep 3600", marker]}),
+        ],
+    )
+    server = server_dir("--config", config)
+    for path in ("default/web-0/stubborn", "default/web-0/polite", "default/db-0/db"):
+        server.wait_for_log(f"container {path} started")
+    assert len(processes_with(marker)) >= 4
+    code = server.stop(getattr(signal, how))
+    wait_until(lambda: not processes_with(marker), timeout=10)
+    assert code == -getattr(signal, how)  # twistd ends with the signal it got, after a clean stop
+    if how == "SIGTERM":
+        assert "stopping 2 pods" in server.output()
+        assert "container default/web-0/polite ended: exit code 0" in server.output()
+        assert "container default/web-0/stubborn ended: signal KILL" in server.output()
+
+
+@needs_root
+def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@here"
+    (home / ".ssh" / "id_ed25519.pub").write_text(key + "\n")
+    env = {**os.environ, "HOME": str(home), "USER": "tester", "LOGNAME": "tester"}
+    server = server_dir(env=env)
+    server.wait_for_log("container default/demo/main started")
+    assert "podshell starting from the embedded default: 1 pods" in server.output()
+    state = tmp_path / "podshell-state"
+    assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
+    assert server.stop() == -signal.SIGTERM
+    assert "container default/demo/main ended: exit code 0" in server.output()
+
+
+def test_a_bad_configuration_is_one_line_and_exit_1(tmp_path):
+    (tmp_path / "podshell.yaml").write_text("users:\n  - name: alice\n    tokens: [short]\n")
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "podshell", "--config", str(tmp_path / "podshell.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"podshell: {tmp_path}/podshell.yaml: users[0].tokens: tokens must be at least 16 characters without spaces\n"
+    )
+
+
+@needs_root
+def test_not_root_is_a_clear_error_not_a_traceback():
+    os.seteuid(65534)
+    try:
+        problem = privilege_problem()
+    finally:
+        os.seteuid(0)
+    assert problem is not None
+    assert problem.startswith("the local runtime creates pod namespaces and needs root (running as uid 65534)")
+    assert privilege_problem() is None
+
+
+def test_twistd_lists_the_plugin():
+    out = subprocess.run([TWISTD, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "podshell" in out
