@@ -22,6 +22,7 @@ class Listener(StrictModel):
 
 class SSHConfig(Listener):
     listen: str = "tcp:2222:interface=127.0.0.1"
+    accept_env: list[str] = Field(default=[], description="env names (globs) clients may set, beyond LANG, LC_*, TERM")
 
 
 class APIConfig(Listener):

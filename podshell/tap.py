@@ -11,9 +11,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.application.service import MultiService
+from collections.abc import Callable
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Directory
@@ -21,6 +28,7 @@ from podshell.auth.policy import Policy
 from podshell.config import Config, load_config, resolve_path
 from podshell.defaults import embedded_config
 from podshell.gateway.access import Gate
+from podshell.gateway.ssh.server import make_factory
 from podshell.node.runtime.local import LocalRuntime, privilege_problem
 from podshell.node.runtime.manifest import Pod, load_pods
 from podshell.node.spawner import Spawner
@@ -93,6 +101,57 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
 
+class Listening(Service):
+    """Listens on an endpoint; if it cannot, the server stops with exit code 1
+    and one line on stderr (a port in use is an operator's mistake)."""
+
+    def __init__(self, reactor, description: str, what: str, factory: Factory, announce: Callable[[str], None]) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.what = what
+        self.factory = factory
+        self.announce = announce
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except ValueError as e:
+            return self._failed(Failure(e))
+        endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        log.info("{what} listening on {host}:{port}", what=self.what, host=address.host, port=address.port)
+        self.announce(f"{address.host}:{address.port}" if ":" not in address.host else f"[{address.host}]:{address.port}")
+
+    def _failed(self, failure: Failure) -> None:
+        sys.stderr.write(f"podshell: {self.what}: cannot listen on {self.description!r}: {failure.getErrorMessage()}\n")
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        return self.port.stopListening() if self.port is not None else None
+
+
+def _how_to_get_in(loaded: Loaded, runtime: LocalRuntime) -> Callable[[str], None]:
+    def announce(address: str) -> None:
+        host, _, port = address.rpartition(":")
+        pods = runtime.pods()
+        example = f"{pods[0].namespace}.{pods[0].name}" if pods else "NAMESPACE.POD"
+        log.info(
+            "get in: ssh -p {port} {example}@{host}   (the user name is the target: NAMESPACE.POD[.CONTAINER])",
+            port=port,
+            example=example,
+            host=host.strip("[]"),
+        )
+
+    return announce
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
@@ -101,12 +160,14 @@ def makeService(options: Options) -> MultiService:
     top = MultiService()
     spawner = Spawner(reactor)
     runtime = LocalRuntime(reactor, spawner, loaded.pods, config.runtime.backoff)
-    runtime.setServiceParent(top)
     audit_path = (
         resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
     )
     gate = Gate(runtime, loaded.policy, AuditLog(audit_path))
-    top.gate = gate  # type: ignore[attr-defined]  # the front doors' shared gate
+    ssh = make_factory(config.ssh, loaded.state_dir, loaded.directory, gate, spawner)
+    # Listeners first: if a port is taken, stop before any pod starts.
+    Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(loaded, runtime)).setServiceParent(top)
+    runtime.setServiceParent(top)
     log.info(
         "podshell starting from {source}: {n} pods, state in {state}, audit log {audit}",
         source=loaded.source,

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 
 from podshell.config import Config, resolve_path
 from podshell.yamlfile import ConfigError
@@ -67,7 +67,7 @@ class Directory:
         for key in keys:
             owner = self._by_key.get(key.blob())
             if owner is not None and owner.name != identity.name:
-                raise ConfigError(f"the key {key.fingerprint()} belongs to both {owner.name} and {identity.name}")
+                raise ConfigError(f"the key {key.fingerprint(FingerprintFormats.SHA256_BASE64)} belongs to both {owner.name} and {identity.name}")
             self._by_key[key.blob()] = identity
         for token in tokens:
             self._by_token[_token_digest(token)] = identity

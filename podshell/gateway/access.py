@@ -13,6 +13,7 @@ from typing import Protocol
 from podshell.auth.audit import AuditedSession, AuditLog, Request
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy
+from podshell.config import VERBS
 from podshell.node.runtime.base import ContainerHandle
 from podshell.target import InvalidTarget, Target, TargetError, candidates, resolve
 
@@ -43,6 +44,38 @@ class Gate:
         self.audit.denied(request, reason)
         return Denied(message)
 
+    def locate(self, identity: Identity, text: str, peer: str, via: str, verb: str | None = None) -> Target:
+        """The target C{text} names, if C{identity} may learn of it.
+
+        With no C{verb} (at login), the identity must be allowed some verb
+        there.  @raise Denied: with the line to show the user.
+        """
+        source = _address(peer)
+        request = Request(identity, peer, via, verb or "login", text)
+
+        def allowed(ns: str, pod: str, container: str | None) -> bool:
+            verbs = [verb] if verb else list(VERBS)
+            return any(self.policy.decide(identity, v, ns, pod, container, source) for v in verbs)
+
+        def refusal(ns: str, pod: str, container: str | None) -> str:
+            if verb:
+                return self.policy.message(identity, verb, ns, pod, container)
+            return f"{identity.name} has no access to " + "/".join(p for p in (ns, pod, container) if p)
+
+        try:
+            target = resolve(text, self.runtime.container_names)
+        except InvalidTarget as e:
+            raise self._deny(request, "invalid target", str(e)) from None
+        except TargetError as e:
+            options = candidates(text)
+            if not any(allowed(t.namespace, t.pod, None) for t in options):
+                last = options[-1]
+                raise self._deny(request, str(e), refusal(last.namespace, last.pod, None)) from None
+            raise self._deny(request, str(e), str(e)) from None
+        if verb is None and not allowed(target.namespace, target.pod, target.container):
+            raise self._deny(request, "no verb allowed", refusal(target.namespace, target.pod, target.container))
+        return target
+
     def enter(
         self,
         identity: Identity,
@@ -54,39 +87,30 @@ class Gate:
     ) -> Granted:
         """Check C{identity} may C{verb} in C{target} and open an audited session.
 
-        @param peer: C{host:port} of the client, or a description.
+        @param peer: C{host:port} of the client.
         @raise Denied: with the line to show the user.
         """
-        source = peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
-        text = str(target)
-        request = Request(identity, peer, via, verb, text, command)
+        source = _address(peer)
         pod_wide = verb == "port-forward"
-        try:
-            wanted = target if isinstance(target, Target) else resolve(text, self.runtime.container_names)
-        except InvalidTarget as e:
-            raise self._deny(request, "invalid target", str(e)) from None
-        except TargetError as e:
-            options = candidates(text)
-            if not any(self.policy.decide(identity, verb, t.namespace, t.pod, None, source) for t in options):
-                raise self._deny(
-                    request, str(e), self.policy.message(identity, verb, options[-1].namespace, options[-1].pod, None)
-                ) from None
-            raise self._deny(request, str(e), str(e)) from None
+        wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
+        request = Request(identity, peer, via, verb, str(wanted), command)
         try:
             handle = self.runtime.resolve(wanted.namespace, wanted.pod, wanted.container)
         except TargetError as e:
             if not self.policy.decide(identity, verb, wanted.namespace, wanted.pod, None, source):
-                raise self._deny(
-                    request, str(e), self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
-                ) from None
+                message = self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
+                raise self._deny(request, str(e), message) from None
             raise self._deny(request, str(e), str(e)) from None
-        request = Request(
-            identity, peer, via, verb, handle.path if not pod_wide else f"{handle.namespace}/{handle.pod}", command
-        )
         container = None if pod_wide else handle.container
+        target_text = f"{handle.namespace}/{handle.pod}" if pod_wide else handle.path
+        request = Request(identity, peer, via, verb, target_text, command)
         decision = self.policy.decide(identity, verb, handle.namespace, handle.pod, container, source)
         if not decision:
-            raise self._deny(
-                request, decision.reason, self.policy.message(identity, verb, handle.namespace, handle.pod, container)
-            )
+            message = self.policy.message(identity, verb, handle.namespace, handle.pod, container)
+            raise self._deny(request, decision.reason, message)
         return Granted(handle, self.audit.session(request))
+
+
+def _address(peer: str) -> str:
+    """The IP address in C{host:port} or C{[v6]:port}."""
+    return peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer

@@ -81,12 +81,8 @@ def _connect(handle: ContainerHandle, host: str, port: int) -> socket.socket:
                 break
     assert last is not None
     if isinstance(last, ConnectionRefusedError) or last.errno == errno.EADDRNOTAVAIL:
-        raise PortRefused(
-            errno.ECONNREFUSED, f"nothing listens on {host}:{port} in pod {handle.namespace}/{handle.pod}"
-        )
-    raise OSError(
-        last.errno, f"cannot connect to {host}:{port} in pod {handle.namespace}/{handle.pod}: {last.strerror}"
-    )
+        raise PortRefused(f"nothing listens on {host}:{port} in pod {handle.namespace}/{handle.pod}")
+    raise OSError(f"cannot connect to {host}:{port} in pod {handle.namespace}/{handle.pod}: {last.strerror}")
 
 
 def _listen(handle: ContainerHandle, host: str, port: int, backlog: int) -> socket.socket:
@@ -99,9 +95,7 @@ def _listen(handle: ContainerHandle, host: str, port: int, backlog: int) -> sock
         s.setblocking(False)
     except OSError as e:
         s.close()
-        raise OSError(
-            e.errno, f"cannot listen on {host}:{port} in pod {handle.namespace}/{handle.pod}: {e.strerror}"
-        ) from None
+        raise OSError(f"cannot listen on {host}:{port} in pod {handle.namespace}/{handle.pod}: {e.strerror}") from None
     return s
 
 

@@ -168,6 +168,9 @@ class ProcessSession(ProcessProtocol):
         """Deliver EOF.  A terminal has no EOF of its own: like sshd, we
         ignore it there (the user types ^D)."""
         if self.status is None and not self.tty:
+            # A transport with a producer waits for it to unregister before
+            # it closes: the stdin producer has nothing more to give.
+            self.process.unregisterProducer()
             self.process.closeStdin()
 
     def resize(self, size: WindowSize) -> None:
@@ -179,8 +182,12 @@ class ProcessSession(ProcessProtocol):
         with contextlib.suppress(ProcessExitedAlready):
             self.process.signalProcess(signal_number(sig))
 
-    def terminate(self, grace: float = 5.0) -> Deferred[ExitStatus]:
-        """SIGTERM now, SIGKILL after C{grace} seconds if still running."""
+    def hangup(self, grace: float = 5.0) -> Deferred[ExitStatus]:
+        """The client went away: SIGHUP now, SIGKILL after C{grace} seconds."""
+        return self.terminate(grace, "HUP")
+
+    def terminate(self, grace: float = 5.0, sig: str = "TERM") -> Deferred[ExitStatus]:
+        """C{sig} (SIGTERM) now, SIGKILL after C{grace} seconds if still running."""
         if self.status is not None:
             return succeed(self.status)
         d: Deferred[ExitStatus] = Deferred()
@@ -190,7 +197,7 @@ class ProcessSession(ProcessProtocol):
             return status
 
         self.ended.addCallback(relay)
-        self.signal("TERM")
+        self.signal(sig)
         if self._kill_timer is None:
             self._kill_timer = self._reactor.callLater(grace, self.signal, "KILL")
         return d

@@ -1,0 +1,156 @@
+"""SSH channels with flow control both ways, and channels joined to TCP
+connections inside a pod (``ssh -L`` and ``ssh -R``).
+
+Conch's own forwarding channels lose half-close and buffer without bound;
+these do neither:
+
+  - towards the client: when the client's window is full, the source (a
+    process or a TCP connection) is paused;
+  - from the client: the channel is the producer of what it writes into the
+    destination; when the destination stops reading, the channel stops
+    granting window (L{PodConnection.adjustWindow}) until it resumes;
+  - EOF is sent after buffered data, never before it.
+"""
+
+from __future__ import annotations
+
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from podshell.auth.audit import AuditedSession
+
+WINDOW = 2 * 1024 * 1024  # like OpenSSH: throughput is window / round trip
+PACKET = 32 * 1024
+
+
+@implementer(IPushProducer)
+class PodChannel(SSHChannel):
+    """A channel that flushes before EOF and can hold back the client."""
+
+    inboundPaused = False
+    _eofPending = False
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        kw.setdefault("localWindow", WINDOW)
+        kw.setdefault("localMaxPacket", PACKET)
+        super().__init__(*args, **kw)
+
+    def sendEOFWhenDrained(self) -> None:
+        self._eofPending = True
+        self._drain()
+
+    def addWindowBytes(self, data: int) -> None:
+        super().addWindowBytes(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._eofPending and not self.buf and not self.extBuf:
+            self._eofPending = False
+            self.conn.sendEOF(self)
+
+    def loseConnection(self) -> None:
+        """Close once buffered data is out, with the EOF owed before it."""
+        self.closing = 1
+        if not self.buf and not self.extBuf:
+            self._drain()
+            self.conn.sendClose(self)
+
+    @property
+    def peer(self) -> str:
+        address = self.conn.transport.transport.getPeer()
+        host = getattr(address, "host", str(address))
+        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+    # IPushProducer, for what the channel writes into its destination.
+    def pauseProducing(self) -> None:
+        self.inboundPaused = True
+
+    def resumeProducing(self) -> None:
+        if self.inboundPaused:
+            self.inboundPaused = False
+            if self.id is not None and self in self.conn.channelsToRemoteChannel:
+                self.conn.adjustWindow(self, self.localWindowSize - self.localWindowLeft)
+
+    def stopProducing(self) -> None:
+        """The destination is gone (a process that exited, a closed socket);
+        its owner ends the channel when it sees that end, with its status."""
+
+
+@implementer(IHalfCloseableProtocol)
+class TCPPipe(Protocol):
+    """The TCP side of a forwarding channel."""
+
+    channel: StreamChannel | None = None
+
+    def connectionMade(self) -> None:
+        if self.channel is None:
+            self.transport.pauseProducing()  # until the channel exists (ssh -R)
+
+    def attach(self, channel: StreamChannel) -> None:
+        self.channel = channel
+        self.transport.registerProducer(channel, True)
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.channel is not None
+        self.channel.bytes_out += len(data)
+        self.channel.write(data)
+
+    def readConnectionLost(self) -> None:
+        if self.channel is not None:
+            self.channel.sendEOFWhenDrained()
+
+    def writeConnectionLost(self) -> None:
+        """The destination closed its reading side: nothing more to deliver."""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.channel is not None:
+            self.channel.tcpClosed()
+
+
+class StreamChannel(PodChannel):
+    """A channel joined to a TCP connection in a pod."""
+
+    def __init__(self, pipe: TCPPipe, audit: AuditedSession, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)
+        self.pipe = pipe
+        self.audit = audit
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._tcpDone = False
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self.pipe.attach(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.pipe.transport.write(data)
+
+    def eofReceived(self) -> None:
+        # A transport with a producer waits for it before shutting down writes.
+        self.pipe.transport.unregisterProducer()
+        self.pipe.transport.loseWriteConnection()
+
+    def closeReceived(self) -> None:
+        self.pipe.transport.loseConnection()
+        super().closeReceived()
+
+    def closed(self) -> None:
+        if not self._tcpDone:
+            self.pipe.transport.loseConnection()
+        self.audit.end("closed", self.bytes_in, self.bytes_out)
+
+    def tcpClosed(self) -> None:
+        self._tcpDone = True
+        self.loseConnection()
+
+    # Towards the client: pause the TCP source while the client's window is full.
+    def stopWriting(self) -> None:
+        self.pipe.transport.pauseProducing()
+
+    def startWriting(self) -> None:
+        if not self._tcpDone:
+            self.pipe.transport.resumeProducing()

@@ -1,0 +1,145 @@
+"""The SSH server: transport, public-key authentication, realm, factory.
+
+Authentication is by public key only.  Once a key is proven, the user name is
+checked as a target; a bad name or a pod the identity may not use ends the
+connection with one line saying why (the SSH disconnect message), after the
+key was proven so that nobody learns about pods without a valid key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import transport, userauth
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.keys import Key
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from podshell import __version__
+from podshell.auth.identity import Directory, Identity
+from podshell.config import SSHConfig
+from podshell.gateway.access import Denied, Gate
+from podshell.gateway.ssh import hostkeys
+from podshell.gateway.ssh.avatar import PodUser
+from podshell.gateway.ssh.connection import PodConnection
+from podshell.node.spawner import Spawner
+
+ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
+
+
+class PodServerTransport(transport.SSHServerTransport):
+    """Conch's transport without the legacy algorithms (CBC, 3DES, MD5, SHA-1)."""
+
+    ourVersionString = f"SSH-2.0-podshell_{__version__}".encode()
+    supportedCiphers = [c for c in transport.SSHServerTransport.supportedCiphers if c.endswith(b"-ctr")]
+    supportedMACs = [m for m in transport.SSHServerTransport.supportedMACs if m.startswith(b"hmac-sha2-")]
+    supportedKeyExchanges = [
+        k for k in transport.SSHServerTransport.supportedKeyExchanges if not k.endswith(b"sha1")
+    ]
+
+
+@dataclass(frozen=True)
+class KeyLogin:
+    """A proven key and the user name (the target) it was offered for."""
+
+    identity: Identity
+    target: str
+
+
+class _PeerPortal:
+    """Passes the client's address to the realm as the login's mind."""
+
+    def __init__(self, portal: Portal, peer: str) -> None:
+        self.portal = portal
+        self.peer = peer
+
+    def login(self, credentials: object, mind: object, *interfaces: object) -> Deferred:
+        return self.portal.login(credentials, self.peer, *interfaces)
+
+
+class PodUserAuth(userauth.SSHUserAuthServer):
+    loginTimeout = 60
+    attemptsBeforeDisconnect = 6
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.supportedAuthentications = [b"publickey"]
+        address = self.transport.transport.getPeer()
+        host = getattr(address, "host", str(address))
+        peer = f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+        self.portal = _PeerPortal(self.portal, peer)
+
+    def _ebBadAuth(self, reason: Failure) -> None:
+        if reason.check(Denied):
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, f"podshell: {reason.value}".encode()
+            )
+            return
+        super()._ebBadAuth(reason)
+
+
+@implementer(ICredentialsChecker)
+class KeyChecker:
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def requestAvatarId(self, credentials) -> Deferred:
+        identity = self.directory.by_key(credentials.blob)
+        if identity is None:
+            return fail(UnauthorizedLogin("unknown key"))
+        if credentials.signature is None:
+            return fail(ValidPublicKey())  # the key would do: ask for a signature
+        try:
+            valid = Key.fromString(credentials.blob).verify(credentials.signature, credentials.sigData)
+        except Exception:  # any malformed signature is just a bad one
+            valid = False
+        if not valid:
+            return fail(UnauthorizedLogin("bad signature"))
+        return succeed(KeyLogin(identity, credentials.username.decode(errors="replace")))
+
+
+@implementer(IRealm)
+class PodRealm:
+    def __init__(self, gate: Gate, spawner: Spawner, accept_env: list[str]) -> None:
+        self.gate = gate
+        self.spawner = spawner
+        self.accept_env = accept_env
+
+    def requestAvatar(self, login: KeyLogin, peer: str, *interfaces: object) -> tuple:
+        if IConchUser not in interfaces:
+            raise NotImplementedError("only SSH users log in here")
+        target = self.gate.locate(login.identity, login.target, peer, "ssh")
+        user = PodUser(login.identity, target, peer, self.gate, self.spawner, self.accept_env)
+        return IConchUser, user, user.logout
+
+
+class PodSSHFactory(SSHFactory):
+    protocol = PodServerTransport
+    services = {b"ssh-userauth": PodUserAuth, b"ssh-connection": PodConnection}
+
+    def __init__(self, portal: Portal, keys: list[Key]) -> None:
+        self.portal = portal
+        self.privateKeys = {k.sshType(): k for k in keys}
+        self.publicKeys = {k.sshType(): k.public() for k in keys}
+
+    def getPrimes(self) -> None:
+        """No DH group exchange: curve25519 and ML-KEM are offered instead."""
+        return None
+
+
+def make_factory(
+    config: SSHConfig, state_dir: Path, directory: Directory, gate: Gate, spawner: Spawner
+) -> PodSSHFactory:
+    portal = Portal(PodRealm(gate, spawner, ACCEPT_ENV + list(config.accept_env)), [KeyChecker(directory)])
+    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir))

@@ -1,0 +1,170 @@
+"""The SSH ``session`` channel: shells, commands and sftp in a container.
+
+Written directly on C{SSHChannel} rather than Conch's C{SSHSession}: the
+channel is both the process's sink (stdout, stderr, exit status) and, through
+L{PodChannel}, the flow-control partner of the process in both directions.
+"""
+
+from __future__ import annotations
+
+import struct
+from fnmatch import fnmatchcase
+
+from twisted.conch.ssh import common, connection
+from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
+from twisted.logger import Logger
+
+from podshell.auth.audit import AuditedSession
+from podshell.gateway.access import Denied
+from podshell.gateway.ssh.channels import PodChannel
+from podshell.node.spawner import ExitStatus, ProcessSession, WindowSize
+
+# What a login shell is in a container we know nothing about: bash if it has it.
+LOGIN_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
+# OpenSSH's sftp-server, run inside the container as the container's user.
+SFTP_SERVER = (
+    "for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server "
+    '/usr/libexec/sftp-server /usr/lib/sftp-server; do [ -x "$p" ] && exec "$p"; done; '
+    "echo 'podshell: this container has no sftp-server (install OpenSSH sftp-server in it)' >&2; exit 127"
+)
+
+
+class SessionChannel(PodChannel):
+    log = Logger()
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)
+        self.term: str | None = None
+        self.size = WindowSize(24, 80)
+        self.env: dict[str, str] = {}
+        self.process: ProcessSession | None = None
+        self.audit: AuditedSession | None = None
+        self._eofBeforeStart = False
+
+    # Requests before the command.
+    def request_pty_req(self, data: bytes) -> int:
+        term, (rows, cols, xpixel, ypixel), _modes = parseRequest_pty_req(data)
+        self.term = term.decode(errors="replace") or "xterm"
+        self.size = WindowSize(rows, cols, xpixel, ypixel)
+        return 1
+
+    def request_window_change(self, data: bytes) -> int:
+        rows, cols, xpixel, ypixel = parseRequest_window_change(data)
+        self.size = WindowSize(rows, cols, xpixel, ypixel)
+        if self.process is not None:
+            self.process.resize(self.size)
+        return 1
+
+    def request_env(self, data: bytes) -> int:
+        name, rest = common.getNS(data)
+        value, _ = common.getNS(rest)
+        key = name.decode(errors="replace")
+        if any(fnmatchcase(key, pattern) for pattern in self.avatar.accept_env):
+            self.env[key] = value.decode(errors="replace")
+            return 1
+        return 0
+
+    def request_signal(self, data: bytes) -> int:
+        name = common.getNS(data)[0].decode(errors="replace")
+        if self.process is None:
+            return 0
+        try:
+            self.process.signal(name)
+        except ValueError:
+            return 0
+        return 1
+
+    # The command.
+    def request_shell(self, data: bytes) -> int:
+        return self._start(LOGIN_SHELL, None)
+
+    def request_exec(self, data: bytes) -> int:
+        command = common.getNS(data)[0].decode(errors="surrogateescape")
+        return self._start(["/bin/sh", "-c", command], command)
+
+    def request_subsystem(self, data: bytes) -> int:
+        name = common.getNS(data)[0]
+        if name != b"sftp":
+            return 0
+        return self._start(["/bin/sh", "-c", SFTP_SERVER], "sftp")
+
+    def _start(self, argv: list[str], command: str | None) -> int:
+        if self.process is not None:
+            return 0
+        avatar = self.avatar
+        try:
+            granted = avatar.gate.enter(
+                avatar.identity, "exec", avatar.target, self.peer, "ssh", [command] if command else ["(shell)"]
+            )
+        except Denied as e:
+            self._refuse(str(e))
+            return 1
+        env = dict(self.env)
+        if self.term:
+            env["TERM"] = self.term
+        self.audit = granted.session
+        self.process = avatar.spawner.process(
+            granted.handle, argv, self, env=env, tty=self.term is not None, size=self.size
+        )
+        self.process.registerProducer(self, True)
+        if self._eofBeforeStart:
+            self.process.closeStdin()
+        return 1
+
+    def _refuse(self, message: str) -> None:
+        """Tell the user on stderr, end with status 1, like a command that failed."""
+        self.writeExtended(connection.EXTENDED_DATA_STDERR, f"podshell: {message}\r\n".encode())
+        self._exit(ExitStatus(code=1))
+
+    # Client input.
+    def dataReceived(self, data: bytes) -> None:
+        if self.process is not None:
+            self.process.write(data)
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        """Clients send no extended data; ignore it like sshd."""
+
+    def eofReceived(self) -> None:
+        if self.process is None:
+            self._eofBeforeStart = True
+        else:
+            self.process.closeStdin()
+
+    def closed(self) -> None:
+        if self.process is not None and self.process.status is None:
+            self.process.hangup()
+        if self.audit is not None and self.process is not None and self.process.status is None:
+            self.audit.end("hung up", self.process.bytes_in, self.process.bytes_out)
+
+    # ProcessSink.
+    def outReceived(self, data: bytes) -> None:
+        self.write(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
+
+    def processEnded(self, status: ExitStatus) -> None:
+        if self.audit is not None and self.process is not None:
+            self.audit.end(str(status), self.process.bytes_in, self.process.bytes_out)
+        self._exit(status)
+
+    def _exit(self, status: ExitStatus) -> None:
+        if self.conn is None or self not in self.conn.channelsToRemoteChannel:
+            return
+        if status.signal is not None:
+            payload = common.NS(status.signal.encode()) + b"\0" + common.NS(b"") + common.NS(b"")
+            self.conn.sendRequest(self, b"exit-signal", payload)
+        else:
+            self.conn.sendRequest(self, b"exit-status", struct.pack(">L", status.code or 0))
+        self.sendEOFWhenDrained()
+        self.loseConnection()
+
+    # Towards the client: pause the process while the client's window is full.
+    def stopWriting(self) -> None:
+        if self.process is not None:
+            self.process.pauseProducing()
+
+    def startWriting(self) -> None:
+        if self.process is not None:
+            self.process.resumeProducing()
+
