@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections.abc import Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -22,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from podshell.addresses import host_port
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Directory
 from podshell.auth.policy import Policy
@@ -123,9 +123,9 @@ class Listening(Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        address = port.getHost()
-        log.info("{what} listening on {host}:{port}", what=self.what, host=address.host, port=address.port)
-        self.announce(f"{address.host}:{address.port}" if ":" not in address.host else f"[{address.host}]:{address.port}")
+        address = host_port(port.getHost())
+        log.info("{what} listening on {address}", what=self.what, address=address)
+        self.announce(address)
 
     def _failed(self, failure: Failure) -> None:
         sys.stderr.write(f"podshell: {self.what}: cannot listen on {self.description!r}: {failure.getErrorMessage()}\n")

@@ -1,12 +1,11 @@
 """Servers run *inside* test pods (on the pod's own loopback).
 
-  SINK_PORT    reads to EOF, then answers "<bytes> <sha256>" (half-close, uploads)
-  SOURCE_PORT  reads "<n>\\n", sends n deterministic bytes, closes (downloads)
-  STALL_PORT   accepts and never reads (backpressure)
+SINK_PORT    reads to EOF, then answers "<bytes> <sha256>" (half-close, uploads)
+SOURCE_PORT  reads "<n>\\n", sends n deterministic bytes, closes (downloads)
+STALL_PORT   accepts and never reads (backpressure)
 """
 
 import hashlib
-import socket
 import socketserver
 import threading
 import time

@@ -50,7 +50,13 @@ def server(tmp_path_factory):
     ]
     policy = [
         {"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]},
-        {"subjects": ["user:bob"], "verbs": ["exec"], "namespaces": ["team-a"], "pods": ["web-*"], "containers": ["app"]},
+        {
+            "subjects": ["user:bob"],
+            "verbs": ["exec"],
+            "namespaces": ["team-a"],
+            "pods": ["web-*"],
+            "containers": ["app"],
+        },
     ]
     srv = PodshellServer(root, pods, users, policy)
     try:
@@ -373,7 +379,14 @@ def test_remote_forward_into_the_pod(alice, tmp_path):
 
     threading.Thread(target=serve, daemon=True).start()
     p = alice.background(
-        "team-a.web-0.sidecar", "-N", "-o", "LogLevel=INFO", "-o", "ExitOnForwardFailure=yes", "-R", f"0:localhost:{local_port}"
+        "team-a.web-0.sidecar",
+        "-N",
+        "-o",
+        "LogLevel=INFO",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        f"0:localhost:{local_port}",
     )
     try:
         deadline = time.monotonic() + 15
@@ -386,7 +399,7 @@ def test_remote_forward_into_the_pod(alice, tmp_path):
             " s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())"
         )
         for _ in range(2):
-            r = alice.ssh("team-a.web-0.sidecar", f"{PYTHON} -c \"{probe}\"")
+            r = alice.ssh("team-a.web-0.sidecar", f'{PYTHON} -c "{probe}"')
             assert r.stdout == b"local got 123456\n", r.stderr
         # Outside the pod, that port is not there.
         with pytest.raises(OSError):
@@ -408,7 +421,9 @@ def test_fifty_concurrent_sessions(alice):
 
 def test_sessions_are_audited(alice, server):
     alice.ssh("team-a.web-0.sidecar", "head -c 1000 /dev/zero", input=b"abc")
-    end = [a for a in audit(server) if a["event"] == "session.end" and a.get("command") == ["head -c 1000 /dev/zero"]][-1]
+    end = [a for a in audit(server) if a["event"] == "session.end" and a.get("command") == ["head -c 1000 /dev/zero"]][
+        -1
+    ]
     assert (end["user"], end["via"], end["verb"], end["target"]) == ("alice", "ssh", "exec", "team-a/web-0/sidecar")
     assert end["bytes_out"] == 1000 and end["status"] == "exit code 0"
     assert end["from"].startswith("127.0.0.1:")

@@ -67,7 +67,8 @@ class Directory:
         for key in keys:
             owner = self._by_key.get(key.blob())
             if owner is not None and owner.name != identity.name:
-                raise ConfigError(f"the key {key.fingerprint(FingerprintFormats.SHA256_BASE64)} belongs to both {owner.name} and {identity.name}")
+                fingerprint = key.fingerprint(FingerprintFormats.SHA256_BASE64)
+                raise ConfigError(f"the key {fingerprint} belongs to both {owner.name} and {identity.name}")
             self._by_key[key.blob()] = identity
         for token in tokens:
             self._by_token[_token_digest(token)] = identity

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from podshell.addresses import ip_of
 from podshell.auth.audit import AuditedSession, AuditLog, Request
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy
@@ -50,7 +51,7 @@ class Gate:
         With no C{verb} (at login), the identity must be allowed some verb
         there.  @raise Denied: with the line to show the user.
         """
-        source = _address(peer)
+        source = ip_of(peer)
         request = Request(identity, peer, via, verb or "login", text)
 
         def allowed(ns: str, pod: str, container: str | None) -> bool:
@@ -90,7 +91,7 @@ class Gate:
         @param peer: C{host:port} of the client.
         @raise Denied: with the line to show the user.
         """
-        source = _address(peer)
+        source = ip_of(peer)
         pod_wide = verb == "port-forward"
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
         request = Request(identity, peer, via, verb, str(wanted), command)
@@ -109,8 +110,3 @@ class Gate:
             message = self.policy.message(identity, verb, handle.namespace, handle.pod, container)
             raise self._deny(request, decision.reason, message)
         return Granted(handle, self.audit.session(request))
-
-
-def _address(peer: str) -> str:
-    """The IP address in C{host:port} or C{[v6]:port}."""
-    return peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer

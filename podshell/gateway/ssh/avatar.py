@@ -11,12 +11,13 @@ import struct
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.ssh import common, connection, forwarding
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from podshell.addresses import port_of
 from podshell.auth.identity import Identity
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh.channels import StreamChannel, TCPPipe
@@ -32,8 +33,6 @@ _BIND = {"": "0.0.0.0", "*": "0.0.0.0", "0.0.0.0": "0.0.0.0", "localhost": "127.
 
 
 class PodUser(ConchUser):
-    log = Logger()
-
     def __init__(
         self, identity: Identity, target: Target, peer: str, gate: Gate, spawner: Spawner, accept_env: list[str]
     ) -> None:
@@ -66,7 +65,9 @@ class PodUser(ConchUser):
                 f"podshell: only ports inside the pod can be forwarded: use localhost:{port}, not {host}:{port}",
             ) from None
         try:
-            granted = self.gate.enter(self.identity, "port-forward", self.target, self.peer, "ssh", [f"-L {host}:{port}"])
+            granted = self.gate.enter(
+                self.identity, "port-forward", self.target, self.peer, "ssh", [f"-L {host}:{port}"]
+            )
         except Denied as e:
             raise OpenFailed(connection.OPEN_ADMINISTRATIVELY_PROHIBITED, f"podshell: {e}") from None
         pipe = TCPPipe()
@@ -96,14 +97,16 @@ class PodUser(ConchUser):
                 self.tell(f"podshell: -R can only listen inside the pod (localhost), not on {host}")
                 return 0
         try:
-            granted = self.gate.enter(self.identity, "port-forward", self.target, self.peer, "ssh", [f"-R {host}:{port}"])
+            granted = self.gate.enter(
+                self.identity, "port-forward", self.target, self.peer, "ssh", [f"-R {host}:{port}"]
+            )
         except Denied as e:
             self.tell(f"podshell: {e}")
             return 0
         factory = _ReverseFactory(self, host)
 
         def listening(listener: IListeningPort) -> object:
-            bound = listener.getHost().port
+            bound = port_of(listener.getHost())
             factory.port = bound
             self.listeners[(host, port)] = listener
             granted.session.end(f"listening on {bind}:{bound} in the pod")
@@ -144,16 +147,15 @@ class _ReversePipe(TCPPipe):
                 avatar.identity, "port-forward", avatar.target, avatar.peer, "ssh", [f"-R {self.factory.host}"]
             )
         except Denied:
-            self.transport.loseConnection()
+            self.tcp.loseConnection()
             return
-        origin = self.transport.getPeer()
+        origin = self.tcp.getPeer()
+        assert isinstance(origin, IPv4Address | IPv6Address)
         channel = _ForwardedChannel(self, granted.session, conn=avatar.conn, avatar=avatar)
         assert avatar.conn is not None
         avatar.conn.openChannel(
             channel,
-            forwarding.packOpen_forwarded_tcpip(
-                (self.factory.host, self.factory.port), (origin.host, origin.port)
-            ),
+            forwarding.packOpen_forwarded_tcpip((self.factory.host, self.factory.port), (origin.host, origin.port)),
         )
 
 
@@ -162,10 +164,12 @@ class _ForwardedChannel(StreamChannel):
 
     def openFailed(self, reason: object) -> None:
         self.audit.end(f"refused by the client: {reason}")
-        self.pipe.transport.loseConnection()
+        self.pipe.tcp.loseConnection()
 
 
 class _ReverseFactory(Factory):
+    noisy = False
+
     def __init__(self, avatar: PodUser, host: str) -> None:
         self.avatar = avatar
         self.host = host

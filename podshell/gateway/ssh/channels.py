@@ -14,13 +14,21 @@ these do neither:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+from typing import Protocol as Protocol_
+
 from twisted.conch.ssh.channel import SSHChannel
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from podshell.addresses import host_port
 from podshell.auth.audit import AuditedSession
+from podshell.logs import conch_logger
+
+if TYPE_CHECKING:
+    from podshell.gateway.ssh.connection import PodConnection
 
 WINDOW = 2 * 1024 * 1024  # like OpenSSH: throughput is window / round trip
 PACKET = 32 * 1024
@@ -30,13 +38,14 @@ PACKET = 32 * 1024
 class PodChannel(SSHChannel):
     """A channel that flushes before EOF and can hold back the client."""
 
+    _log = conch_logger
     inboundPaused = False
     _eofPending = False
 
-    def __init__(self, *args: object, **kw: object) -> None:
+    def __init__(self, **kw: Any) -> None:
         kw.setdefault("localWindow", WINDOW)
         kw.setdefault("localMaxPacket", PACKET)
-        super().__init__(*args, **kw)
+        super().__init__(**kw)
 
     def sendEOFWhenDrained(self) -> None:
         self._eofPending = True
@@ -49,20 +58,25 @@ class PodChannel(SSHChannel):
     def _drain(self) -> None:
         if self._eofPending and not self.buf and not self.extBuf:
             self._eofPending = False
-            self.conn.sendEOF(self)
+            self.connection.sendEOF(self)
 
     def loseConnection(self) -> None:
         """Close once buffered data is out, with the EOF owed before it."""
         self.closing = 1
         if not self.buf and not self.extBuf:
             self._drain()
-            self.conn.sendClose(self)
+            self.connection.sendClose(self)
+
+    @property
+    def connection(self) -> PodConnection:
+        assert self.conn is not None, "the channel is open"
+        return cast("PodConnection", self.conn)
 
     @property
     def peer(self) -> str:
-        address = self.conn.transport.transport.getPeer()
-        host = getattr(address, "host", str(address))
-        return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+        transport = self.connection.transport
+        assert transport is not None and transport.transport is not None
+        return host_port(transport.transport.getPeer())
 
     # IPushProducer, for what the channel writes into its destination.
     def pauseProducing(self) -> None:
@@ -71,12 +85,32 @@ class PodChannel(SSHChannel):
     def resumeProducing(self) -> None:
         if self.inboundPaused:
             self.inboundPaused = False
-            if self.id is not None and self in self.conn.channelsToRemoteChannel:
+            if self.conn is not None and self in self.conn.channelsToRemoteChannel:
                 self.conn.adjustWindow(self, self.localWindowSize - self.localWindowLeft)
 
     def stopProducing(self) -> None:
         """The destination is gone (a process that exited, a closed socket);
         its owner ends the channel when it sees that end, with its status."""
+
+
+class _TCP(Protocol_):
+    """What we use of a TCP transport (more than C{ITransport} promises)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
 
 
 @implementer(IHalfCloseableProtocol)
@@ -85,14 +119,19 @@ class TCPPipe(Protocol):
 
     channel: StreamChannel | None = None
 
+    @property
+    def tcp(self) -> _TCP:
+        assert self.transport is not None, "connected"
+        return cast(_TCP, self.transport)
+
     def connectionMade(self) -> None:
         if self.channel is None:
-            self.transport.pauseProducing()  # until the channel exists (ssh -R)
+            self.tcp.pauseProducing()  # until the channel exists (ssh -R)
 
     def attach(self, channel: StreamChannel) -> None:
         self.channel = channel
-        self.transport.registerProducer(channel, True)
-        self.transport.resumeProducing()
+        self.tcp.registerProducer(channel, True)
+        self.tcp.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         assert self.channel is not None
@@ -114,8 +153,8 @@ class TCPPipe(Protocol):
 class StreamChannel(PodChannel):
     """A channel joined to a TCP connection in a pod."""
 
-    def __init__(self, pipe: TCPPipe, audit: AuditedSession, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, pipe: TCPPipe, audit: AuditedSession, **kw: Any) -> None:
+        super().__init__(**kw)
         self.pipe = pipe
         self.audit = audit
         self.bytes_in = 0
@@ -127,20 +166,20 @@ class StreamChannel(PodChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        self.pipe.transport.write(data)
+        self.pipe.tcp.write(data)
 
     def eofReceived(self) -> None:
         # A transport with a producer waits for it before shutting down writes.
-        self.pipe.transport.unregisterProducer()
-        self.pipe.transport.loseWriteConnection()
+        self.pipe.tcp.unregisterProducer()
+        self.pipe.tcp.loseWriteConnection()
 
     def closeReceived(self) -> None:
-        self.pipe.transport.loseConnection()
+        self.pipe.tcp.loseConnection()
         super().closeReceived()
 
     def closed(self) -> None:
         if not self._tcpDone:
-            self.pipe.transport.loseConnection()
+            self.pipe.tcp.loseConnection()
         self.audit.end("closed", self.bytes_in, self.bytes_out)
 
     def tcpClosed(self) -> None:
@@ -149,8 +188,8 @@ class StreamChannel(PodChannel):
 
     # Towards the client: pause the TCP source while the client's window is full.
     def stopWriting(self) -> None:
-        self.pipe.transport.pauseProducing()
+        self.pipe.tcp.pauseProducing()
 
     def startWriting(self) -> None:
         if not self._tcpDone:
-            self.pipe.transport.resumeProducing()
+            self.pipe.tcp.resumeProducing()

@@ -14,9 +14,10 @@ import struct
 from collections import deque
 
 from twisted.conch.ssh import common, connection
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.internet.defer import maybeDeferred
 from twisted.python.failure import Failure
+
+from podshell.logs import conch_logger
 
 
 class OpenFailed(Exception):
@@ -28,7 +29,7 @@ class OpenFailed(Exception):
 
 
 class PodConnection(connection.SSHConnection):
-    log = Logger()
+    _log = log = conch_logger
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -40,11 +41,11 @@ class PodConnection(connection.SSHConnection):
         senderChannel, windowSize, maxPacket = struct.unpack(">3L", rest[:12])
         data = rest[12:]
         d = maybeDeferred(self.getChannel, channelType, windowSize, maxPacket, data)
-        d.addCallbacks(self._opened, self._openFailed, (senderChannel, data), None, (senderChannel,))
+        d.addCallbacks(self._opened, self._openFailed, callbackArgs=(senderChannel, data), errbackArgs=(senderChannel,))
         d.addErrback(lambda f: self.log.failure("channel open", f))
 
     def _opened(self, channel, senderChannel: int, data: bytes) -> None:
-        if self.transport is None or self.transport.transport is None or self.transport.transport.disconnecting:
+        if self.transport is None or getattr(self.transport.transport, "disconnecting", True):
             channel.closed()  # the client left while we were connecting
             return
         channel.conn = self  # getChannel could only set it on the Deferred
@@ -59,10 +60,11 @@ class PodConnection(connection.SSHConnection):
         channel.channelOpen(data)
 
     def _openFailed(self, failure: Failure, senderChannel: int) -> None:
-        if failure.check(OpenFailed):
-            reason, text = failure.value.reason, str(failure.value)
-        elif failure.check(connection.error.ConchError):
-            text, reason = failure.value.args[0], failure.value.args[1]
+        error = failure.value
+        if isinstance(error, OpenFailed):
+            reason, text = error.reason, str(error)
+        elif isinstance(error, connection.error.ConchError):
+            text, reason = error.args[0], error.args[1]
             if isinstance(text, int):
                 text, reason = reason, text
             text = text.decode() if isinstance(text, bytes) else str(text)

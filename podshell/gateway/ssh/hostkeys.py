@@ -30,6 +30,10 @@ def load_or_create(state_dir: Path) -> list[Key]:
         with os.fdopen(fd, "wb") as f:
             f.write(key.toString("openssh"))
         (state_dir / f"ssh_host_{kind}_key.pub").write_bytes(key.public().toString("openssh") + b"\n")
-        log.info("generated SSH host key {path}: {fp}", path=str(path), fp=key.fingerprint(format=FingerprintFormats.SHA256_BASE64))
+        log.info(
+            "generated SSH host key {path}: {fp}",
+            path=str(path),
+            fp=key.fingerprint(format=FingerprintFormats.SHA256_BASE64),
+        )
         keys.append(key)
     return keys

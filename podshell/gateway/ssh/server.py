@@ -17,20 +17,22 @@ from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import Key
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.credentials import ICredentials, ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from podshell import __version__
+from podshell.addresses import host_port
 from podshell.auth.identity import Directory, Identity
 from podshell.config import SSHConfig
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.connection import PodConnection
+from podshell.logs import conch_logger
 from podshell.node.spawner import Spawner
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
@@ -39,12 +41,17 @@ ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 class PodServerTransport(transport.SSHServerTransport):
     """Conch's transport without the legacy algorithms (CBC, 3DES, MD5, SHA-1)."""
 
+    _log = conch_logger
+
     ourVersionString = f"SSH-2.0-podshell_{__version__}".encode()
     supportedCiphers = [c for c in transport.SSHServerTransport.supportedCiphers if c.endswith(b"-ctr")]
     supportedMACs = [m for m in transport.SSHServerTransport.supportedMACs if m.startswith(b"hmac-sha2-")]
-    supportedKeyExchanges = [
-        k for k in transport.SSHServerTransport.supportedKeyExchanges if not k.endswith(b"sha1")
-    ]
+    supportedKeyExchanges = [k for k in transport.SSHServerTransport.supportedKeyExchanges if not k.endswith(b"sha1")]
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """A client saying goodbye (what ``ssh`` does after every command) is no error."""
+        if reasonCode != transport.DISCONNECT_BY_APPLICATION:
+            super().receiveError(reasonCode, description)
 
 
 @dataclass(frozen=True)
@@ -62,24 +69,24 @@ class _PeerPortal:
         self.portal = portal
         self.peer = peer
 
-    def login(self, credentials: object, mind: object, *interfaces: object) -> Deferred:
+    def login(self, credentials: ICredentials, mind: object, *interfaces: type[Interface]) -> Deferred:
         return self.portal.login(credentials, self.peer, *interfaces)
 
 
 class PodUserAuth(userauth.SSHUserAuthServer):
+    _log = conch_logger
     loginTimeout = 60
     attemptsBeforeDisconnect = 6
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
         self.supportedAuthentications = [b"publickey"]
-        address = self.transport.transport.getPeer()
-        host = getattr(address, "host", str(address))
-        peer = f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
-        self.portal = _PeerPortal(self.portal, peer)
+        assert self.transport is not None and self.transport.transport is not None
+        self.portal = _PeerPortal(self.portal, host_port(self.transport.transport.getPeer()))
 
     def _ebBadAuth(self, reason: Failure) -> None:
         if reason.check(Denied):
+            assert self.transport is not None
             self.transport.sendDisconnect(
                 transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, f"podshell: {reason.value}".encode()
             )
@@ -116,7 +123,7 @@ class PodRealm:
         self.spawner = spawner
         self.accept_env = accept_env
 
-    def requestAvatar(self, login: KeyLogin, peer: str, *interfaces: object) -> tuple:
+    def requestAvatar(self, login: KeyLogin, peer: str, *interfaces: object) -> tuple:  # type: ignore[override]
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH users log in here")
         target = self.gate.locate(login.identity, login.target, peer, "ssh")
@@ -125,6 +132,8 @@ class PodRealm:
 
 
 class PodSSHFactory(SSHFactory):
+    _log = conch_logger
+    noisy = False
     protocol = PodServerTransport
     services = {b"ssh-userauth": PodUserAuth, b"ssh-connection": PodConnection}
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import struct
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
-from twisted.logger import Logger
 
 from podshell.auth.audit import AuditedSession
 from podshell.gateway.access import Denied
 from podshell.gateway.ssh.channels import PodChannel
 from podshell.node.spawner import ExitStatus, ProcessSession, WindowSize
+
+if TYPE_CHECKING:
+    from podshell.gateway.ssh.avatar import PodUser
 
 # What a login shell is in a container we know nothing about: bash if it has it.
 LOGIN_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
@@ -30,9 +33,7 @@ SFTP_SERVER = (
 
 
 class SessionChannel(PodChannel):
-    log = Logger()
-
-    def __init__(self, **kw: object) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.term: str | None = None
         self.size = WindowSize(24, 80)
@@ -40,6 +41,10 @@ class SessionChannel(PodChannel):
         self.process: ProcessSession | None = None
         self.audit: AuditedSession | None = None
         self._eofBeforeStart = False
+
+    @property
+    def user(self) -> PodUser:
+        return cast("PodUser", self.avatar)
 
     # Requests before the command.
     def request_pty_req(self, data: bytes) -> int:
@@ -59,7 +64,7 @@ class SessionChannel(PodChannel):
         name, rest = common.getNS(data)
         value, _ = common.getNS(rest)
         key = name.decode(errors="replace")
-        if any(fnmatchcase(key, pattern) for pattern in self.avatar.accept_env):
+        if any(fnmatchcase(key, pattern) for pattern in self.user.accept_env):
             self.env[key] = value.decode(errors="replace")
             return 1
         return 0
@@ -91,7 +96,7 @@ class SessionChannel(PodChannel):
     def _start(self, argv: list[str], command: str | None) -> int:
         if self.process is not None:
             return 0
-        avatar = self.avatar
+        avatar = self.user
         try:
             granted = avatar.gate.enter(
                 avatar.identity, "exec", avatar.target, self.peer, "ssh", [command] if command else ["(shell)"]
@@ -153,9 +158,9 @@ class SessionChannel(PodChannel):
             return
         if status.signal is not None:
             payload = common.NS(status.signal.encode()) + b"\0" + common.NS(b"") + common.NS(b"")
-            self.conn.sendRequest(self, b"exit-signal", payload)
+            self.connection.sendRequest(self, b"exit-signal", payload)
         else:
-            self.conn.sendRequest(self, b"exit-status", struct.pack(">L", status.code or 0))
+            self.connection.sendRequest(self, b"exit-status", struct.pack(">L", status.code or 0))
         self.sendEOFWhenDrained()
         self.loseConnection()
 
@@ -167,4 +172,3 @@ class SessionChannel(PodChannel):
     def startWriting(self) -> None:
         if self.process is not None:
             self.process.resumeProducing()
-
