@@ -427,3 +427,26 @@ def test_sessions_are_audited(alice, server):
     assert (end["user"], end["via"], end["verb"], end["target"]) == ("alice", "ssh", "exec", "team-a/web-0/sidecar")
     assert end["bytes_out"] == 1000 and end["status"] == "exit code 0"
     assert end["from"].startswith("127.0.0.1:")
+
+
+def test_signal_requests_reach_the_process(server):
+    """OpenSSH's client cannot send `signal` requests; asyncssh can."""
+    import asyncio
+
+    import asyncssh
+
+    async def run() -> tuple[int | None, str]:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            server.port,
+            username="team-a.web-0.sidecar",
+            client_keys=[str(server.root / "id_alice")],
+            known_hosts=str(server.known_hosts),
+        ) as conn:
+            process = await conn.create_process("trap 'echo got-usr1; exit 9' USR1; echo ready; while :; do sleep 0.05; done")
+            assert (await process.stdout.readline()) == "ready\n"
+            process.send_signal("USR1")
+            result = await process.wait(timeout=10)
+            return result.exit_status, result.stdout
+
+    assert asyncio.run(run()) == (9, "got-usr1\n")
