@@ -7,6 +7,8 @@ L{Options.postOptions}, before anything starts, and reported as one line.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,23 +17,27 @@ from pathlib import Path
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from podshell import kubeconfig
 from podshell.addresses import host_port
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Directory
 from podshell.auth.policy import Policy
 from podshell.config import Config, load_config, resolve_path
-from podshell.defaults import embedded_config
+from podshell.defaults import EMBEDDED_STATE, embedded_config
 from podshell.gateway.access import Gate
+from podshell.gateway.api.front import APIFactory
+from podshell.gateway.api.server import KubeAPI
 from podshell.gateway.ssh.server import make_factory
 from podshell.node.runtime.local import LocalRuntime, privilege_problem
 from podshell.node.runtime.manifest import Pod, load_pods
 from podshell.node.spawner import Spawner
+from podshell.tls import StateCA
 from podshell.yamlfile import ConfigError
 
 log = Logger()
@@ -47,6 +53,7 @@ class Loaded:
     directory: Directory
     policy: Policy
     pods: list[Pod]
+    embedded: bool = False
 
 
 def load(config_file: str | None) -> Loaded:
@@ -55,7 +62,7 @@ def load(config_file: str | None) -> Loaded:
     @raise ConfigError: with a one-line message naming the file and key.
     """
     if config_file is None:
-        config, base, source = embedded_config(), Path.cwd(), "the embedded default"
+        config, base, source = embedded_config(Path.cwd() / EMBEDDED_STATE), Path.cwd(), "the embedded default"
     else:
         config, base = load_config(Path(config_file))
         source = config_file
@@ -67,7 +74,15 @@ def load(config_file: str | None) -> Loaded:
     pods: list[Pod] = []
     if config.runtime.pods:
         pods = load_pods(resolve_path(base, config.runtime.pods))
-    return Loaded(config, source, resolve_path(base, config.state_dir), directory, Policy(config.policy), pods)
+    return Loaded(
+        config,
+        source,
+        resolve_path(base, config.state_dir),
+        directory,
+        Policy(config.policy),
+        pods,
+        config_file is None,
+    )
 
 
 def prepare_state_dir(path: Path) -> None:
@@ -105,7 +120,9 @@ class Listening(Service):
     """Listens on an endpoint; if it cannot, the server stops with exit code 1
     and one line on stderr (a port in use is an operator's mistake)."""
 
-    def __init__(self, reactor, description: str, what: str, factory: Factory, announce: Callable[[str], None]) -> None:
+    def __init__(
+        self, reactor, description: str, what: str, factory: IProtocolFactory, announce: Callable[[str], None]
+    ) -> None:
         self.reactor = reactor
         self.description = description
         self.what = what
@@ -152,6 +169,26 @@ def _how_to_get_in(loaded: Loaded, runtime: LocalRuntime) -> Callable[[str], Non
     return announce
 
 
+def _server_names(description: str) -> list[str]:
+    """What the API certificate must name: loopback, this host, the interface."""
+    names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+    interface = re.search(r"interface=([^:]+)", description)
+    if interface and interface.group(1) not in names and interface.group(1) not in ("0.0.0.0", "::"):
+        names.append(interface.group(1))
+    return names
+
+
+def _kubeconfig_writer(loaded: Loaded, ca: StateCA, scheme: str) -> Callable[[str], None]:
+    def announce(address: str) -> None:
+        user = loaded.config.users[0]
+        path = loaded.state_dir / "kubeconfig"
+        ca_pem = ca.cert_pem if scheme == "https" else None
+        kubeconfig.write(path, kubeconfig.render(f"{scheme}://{address}", user.name, user.tokens[0], ca_pem))
+        log.info("kubectl: KUBECONFIG={path} kubectl exec demo -- ps", path=str(path))
+
+    return announce
+
+
 def makeService(options: Options) -> MultiService:
     from twisted.internet import reactor
 
@@ -167,6 +204,18 @@ def makeService(options: Options) -> MultiService:
     ssh = make_factory(config.ssh, loaded.state_dir, loaded.directory, gate, spawner)
     # Listeners first: if a port is taken, stop before any pod starts.
     Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(loaded, runtime)).setServiceParent(top)
+    if config.api is not None:
+        api = KubeAPI(gate, runtime, spawner, reactor)
+        factory: IProtocolFactory = APIFactory(api.route, loaded.directory)
+        description = config.api.listen
+        scheme = "https" if description.startswith("ssl:") else "http"
+        ca = StateCA(loaded.state_dir)
+        if description.startswith("ssl:") and "privateKey=" not in description:
+            # Our own certificate from the state CA; client certificates it issued log in too.
+            factory = TLSMemoryBIOFactory(ca.server_options(_server_names(description)), False, factory)
+            description = "tcp:" + description[len("ssl:") :]
+        announce = _kubeconfig_writer(loaded, ca, scheme) if loaded.embedded else (lambda address: None)
+        Listening(reactor, description, "Kubernetes API", factory, announce).setServiceParent(top)
     runtime.setServiceParent(top)
     log.info(
         "podshell starting from {source}: {n} pods, state in {state}, audit log {audit}",

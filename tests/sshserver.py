@@ -32,7 +32,9 @@ def keygen(path: Path) -> str:
 class PodshellServer:
     """twistd -n podshell with a generated configuration, users and pods."""
 
-    def __init__(self, root: Path, pods: list[dict], users: list[dict], policy: list[dict]) -> None:
+    def __init__(
+        self, root: Path, pods: list[dict], users: list[dict], policy: list[dict], api: str | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -43,6 +45,8 @@ class PodshellServer:
             "policy": policy,
             "runtime": {"pods": "./pods.yaml", "backoff": {"initial": 0.5, "max": 1}},
         }
+        if api:
+            config["api"] = {"listen": api}
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         self.proc = subprocess.Popen(

@@ -13,7 +13,7 @@ from podshell.auth.policy import Policy
 from podshell.config import Rule
 from podshell.gateway.access import Denied, Gate
 
-from .conftest import needs_root, pod
+from .conftest import needs_root, pod, wait_for
 
 pytestmark = needs_root
 
@@ -35,6 +35,7 @@ PODS = [
 @pytest_twisted.async_yield_fixture
 async def gate(start_pods, tmp_path):
     runtime = await start_pods(PODS)
+    await wait_for(lambda: runtime.pod("team-a", "broken").phase == "Failed")
     policy = Policy(
         [
             Rule(subjects=["group:dev"], verbs=["exec", "port-forward"], namespaces=["team-a"], containers=["app"]),

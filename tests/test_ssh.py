@@ -443,7 +443,9 @@ def test_signal_requests_reach_the_process(server):
             client_keys=[str(server.root / "id_alice")],
             known_hosts=str(server.known_hosts),
         ) as conn:
-            process = await conn.create_process("trap 'echo got-usr1; exit 9' USR1; echo ready; while :; do sleep 0.05; done")
+            process = await conn.create_process(
+                "trap 'echo got-usr1; exit 9' USR1; echo ready; while :; do sleep 0.05; done"
+            )
             assert (await process.stdout.readline()) == "ready\n"
             process.send_signal("USR1")
             result = await process.wait(timeout=10)

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 
 from podshell.config import Config, resolve_path
@@ -62,8 +64,10 @@ class Directory:
     def __init__(self) -> None:
         self._by_key: dict[bytes, Identity] = {}
         self._by_token: dict[bytes, Identity] = {}
+        self._by_name: dict[str, Identity] = {}
 
     def add(self, identity: Identity, keys: Iterable[Key] = (), tokens: Iterable[str] = ()) -> None:
+        self._by_name[identity.name] = identity
         for key in keys:
             owner = self._by_key.get(key.blob())
             if owner is not None and owner.name != identity.name:
@@ -75,6 +79,12 @@ class Directory:
 
     def by_key(self, blob: bytes) -> Identity | None:
         return self._by_key.get(blob)
+
+    def by_certificate(self, cert: x509.Certificate) -> Identity | None:
+        """The configured user named by the CN of a client certificate (its
+        chain was verified against the state CA by TLS)."""
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return self._by_name.get(str(names[0].value)) if names else None
 
     def by_token(self, token: str) -> Identity | None:
         # Tokens are kept and looked up as SHA-256 digests: no secret sits in

@@ -16,7 +16,15 @@ from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy
 from podshell.config import VERBS
 from podshell.node.runtime.base import ContainerHandle
-from podshell.target import InvalidTarget, Target, TargetError, candidates, resolve
+from podshell.target import (
+    ContainerNotRunning,
+    InvalidTarget,
+    NoSuchPod,
+    Target,
+    TargetError,
+    candidates,
+    resolve,
+)
 
 
 class Runtime(Protocol):
@@ -26,7 +34,14 @@ class Runtime(Protocol):
 
 
 class Denied(Exception):
-    """The request may not go on; the message is for the user."""
+    """The request may not go on; the message is for the user.  C{kind} says
+    why, for front doors with status codes: C{forbidden}, C{not-found},
+    C{invalid} (a malformed name or an unknown container) or C{unavailable}
+    (not running)."""
+
+    def __init__(self, message: str, kind: str = "forbidden") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -41,9 +56,9 @@ class Gate:
         self.policy = policy
         self.audit = audit
 
-    def _deny(self, request: Request, reason: str, message: str) -> Denied:
+    def _deny(self, request: Request, reason: str, message: str, kind: str = "forbidden") -> Denied:
         self.audit.denied(request, reason)
-        return Denied(message)
+        return Denied(message, kind)
 
     def locate(self, identity: Identity, text: str, peer: str, via: str, verb: str | None = None) -> Target:
         """The target C{text} names, if C{identity} may learn of it.
@@ -66,13 +81,13 @@ class Gate:
         try:
             target = resolve(text, self.runtime.container_names)
         except InvalidTarget as e:
-            raise self._deny(request, "invalid target", str(e)) from None
+            raise self._deny(request, "invalid target", str(e), "invalid") from None
         except TargetError as e:
             options = candidates(text)
             if not any(allowed(t.namespace, t.pod, None) for t in options):
                 last = options[-1]
                 raise self._deny(request, str(e), refusal(last.namespace, last.pod, None)) from None
-            raise self._deny(request, str(e), str(e)) from None
+            raise self._deny(request, str(e), str(e), _kind(e)) from None
         if verb is None and not allowed(target.namespace, target.pod, target.container):
             raise self._deny(request, "no verb allowed", refusal(target.namespace, target.pod, target.container))
         return target
@@ -101,7 +116,7 @@ class Gate:
             if not self.policy.decide(identity, verb, wanted.namespace, wanted.pod, None, source):
                 message = self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
                 raise self._deny(request, str(e), message) from None
-            raise self._deny(request, str(e), str(e)) from None
+            raise self._deny(request, str(e), str(e), _kind(e)) from None
         container = None if pod_wide else handle.container
         target_text = f"{handle.namespace}/{handle.pod}" if pod_wide else handle.path
         request = Request(identity, peer, via, verb, target_text, command)
@@ -110,3 +125,11 @@ class Gate:
             message = self.policy.message(identity, verb, handle.namespace, handle.pod, container)
             raise self._deny(request, decision.reason, message)
         return Granted(handle, self.audit.session(request))
+
+
+def _kind(error: TargetError) -> str:
+    if isinstance(error, NoSuchPod):
+        return "not-found"
+    if isinstance(error, ContainerNotRunning):
+        return "unavailable"
+    return "invalid"

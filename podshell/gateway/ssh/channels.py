@@ -15,10 +15,9 @@ these do neither:
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
-from typing import Protocol as Protocol_
 
 from twisted.conch.ssh.channel import SSHChannel
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -26,6 +25,7 @@ from zope.interface import implementer
 from podshell.addresses import host_port
 from podshell.auth.audit import AuditedSession
 from podshell.logs import conch_logger
+from podshell.transports import StreamTransport
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.connection import PodConnection
@@ -93,26 +93,6 @@ class PodChannel(SSHChannel):
         its owner ends the channel when it sees that end, with its status."""
 
 
-class _TCP(Protocol_):
-    """What we use of a TCP transport (more than C{ITransport} promises)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def loseConnection(self) -> None: ...
-
-    def loseWriteConnection(self) -> None: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def registerProducer(self, producer: object, streaming: bool) -> None: ...
-
-    def unregisterProducer(self) -> None: ...
-
-    def getPeer(self) -> IAddress: ...
-
-
 @implementer(IHalfCloseableProtocol)
 class TCPPipe(Protocol):
     """The TCP side of a forwarding channel."""
@@ -120,9 +100,9 @@ class TCPPipe(Protocol):
     channel: StreamChannel | None = None
 
     @property
-    def tcp(self) -> _TCP:
+    def tcp(self) -> StreamTransport:
         assert self.transport is not None, "connected"
-        return cast(_TCP, self.transport)
+        return cast(StreamTransport, self.transport)
 
     def connectionMade(self) -> None:
         if self.channel is None:

@@ -350,8 +350,11 @@ class LocalRuntime(Service):
             key=lambda p: (p.namespace, p.name),
         )
 
+    def find(self, namespace: str, name: str) -> LocalPod | None:
+        return self._pods.get((namespace, name))
+
     def pod(self, namespace: str, name: str) -> LocalPod:
-        pod = self._pods.get((namespace, name))
+        pod = self.find(namespace, name)
         if pod is None:
             raise NoSuchPod(namespace, name)
         return pod

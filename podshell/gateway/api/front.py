@@ -1,0 +1,214 @@
+"""The HTTP front of the Kubernetes-compatible API.
+
+One small h11-driven protocol per connection rather than twisted.web: the
+streaming subresources are HTTP upgrades, and owning the connection from its
+first byte means the upgraded protocol gets the transport (and its producer
+slot) cleanly, with any bytes that followed the request head.  REST calls
+(discovery, pods) are answered on the same keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import h11
+from twisted.internet.interfaces import IProtocol, ITransport
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from podshell.addresses import host_port
+from podshell.auth.identity import Directory, Identity
+from podshell.gateway.api import objects
+
+log = Logger()
+MAX_HEAD = 64 * 1024
+MAX_BODY = 1024 * 1024
+
+
+class HTTPError(Exception):
+    """An error answered as a metav1.Status."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.headers = headers or []
+        self.details = details
+
+
+class Request:
+    """What a handler needs to know about one request."""
+
+    def __init__(self, event: h11.Request, identity: Identity, peer: str) -> None:
+        self.method = event.method.decode()
+        target = event.target.decode("ascii", errors="replace")
+        parts = urlsplit(target)
+        self.path = unquote(parts.path)
+        self.query = parse_qs(parts.query, keep_blank_values=True)
+        self.headers = [(k.decode().lower(), v.decode("latin-1")) for k, v in event.headers]
+        self.raw_headers = event.headers
+        self.target = event.target
+        self.identity = identity
+        self.peer = peer
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        """Every comma-separated value of every line of a header."""
+        return [p.strip() for k, v in self.headers if k == name for p in v.split(",") if p.strip()]
+
+    @property
+    def upgrade(self) -> str:
+        connection = [v.lower() for v in self.header_values("connection")]
+        return (self.header("upgrade") or "").lower() if "upgrade" in connection else ""
+
+
+# A handler answers a request with JSON, or takes the connection over.
+Upgrade = Callable[[ITransport, bytes], IProtocol]
+Handler = Callable[[Request], "tuple[int, Any] | Upgrade"]
+
+
+class APIProtocol(Protocol):
+    def __init__(self, route: Callable[[str, str], Handler | None], directory: Directory) -> None:
+        self.route = route
+        self.directory = directory
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.next: IProtocol | None = None
+        self._request: h11.Request | None = None
+        self._body = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.next is not None:
+            self.next.dataReceived(data)
+            return
+        self.h11.receive_data(data)
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.next is not None:
+            self.next.connectionLost(reason)
+
+    def _process(self) -> None:
+        while self.next is None and self.transport is not None:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                self._fail(HTTPError(e.error_status_hint, "BadRequest", f"bad HTTP request: {e}"))
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+                    self.h11.start_next_cycle()
+                    continue
+                return
+            if isinstance(event, h11.Request):
+                self._request, self._body = event, 0
+            elif isinstance(event, h11.Data):
+                self._body += len(event.data)
+                if self._body > MAX_BODY:
+                    self._fail(HTTPError(413, "RequestEntityTooLarge", "request body too large"))
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._request is not None
+                self._handle(self._request)
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.loseConnection()
+                return
+
+    def _identity(self, event: h11.Request) -> Identity:
+        for name, value in event.headers:
+            if name.lower() == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    identity = self.directory.by_token(token.strip())
+                    if identity is not None:
+                        return identity
+                raise HTTPError(401, "Unauthorized", "Unauthorized: the bearer token is not valid")
+        cert = getattr(self.transport, "getPeerCertificate", lambda: None)()
+        if cert is not None:
+            identity = self.directory.by_certificate(cert.to_cryptography())
+            if identity is not None:
+                return identity
+        raise HTTPError(401, "Unauthorized", "Unauthorized: give a bearer token or a client certificate")
+
+    def _handle(self, event: h11.Request) -> None:
+        assert self.transport is not None
+        try:
+            request = Request(event, self._identity(event), host_port(self.transport.getPeer()))
+            handler = self.route(request.method, request.path)
+            if handler is None:
+                raise HTTPError(404, "NotFound", "the server could not find the requested resource")
+            result = handler(request)
+        except HTTPError as e:
+            self._fail(e, keep_alive=True)
+            return
+        except Exception:
+            log.failure("handling {method} {target}", method=event.method, target=event.target)
+            self._fail(HTTPError(500, "InternalError", "internal error"), keep_alive=True)
+            return
+        if callable(result):
+            self._switch(result)
+        else:
+            code, body = result
+            self._send(code, body)
+
+    def _switch(self, upgrade: Upgrade) -> None:
+        assert self.transport is not None
+        trailing, _closed = self.h11.trailing_data
+        self.next = upgrade(self.transport, trailing)
+
+    def _send(
+        self, code: int, body: Any, headers: list[tuple[str, str]] | None = None, keep_alive: bool = True
+    ) -> None:
+        assert self.transport is not None
+        data = json.dumps(body, separators=(",", ":")).encode()
+        head = [("content-type", "application/json"), ("content-length", str(len(data)))] + (headers or [])
+        if not keep_alive:
+            head.append(("connection", "close"))
+        try:
+            out = self.h11.send(h11.Response(status_code=code, headers=head))
+            out += self.h11.send(h11.Data(data=data))
+            out += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self.transport.loseConnection()
+            return
+        self.transport.write(out)
+        if not keep_alive or self.h11.our_state is h11.MUST_CLOSE:
+            self.transport.loseConnection()
+
+    def _fail(self, error: HTTPError, keep_alive: bool = False) -> None:
+        body = objects.status(error.code, error.reason, str(error), error.details)
+        if self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL or self.h11.their_state is h11.ERROR:
+            keep_alive = False
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._send(error.code, body, error.headers, keep_alive)
+        else:
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+
+class APIFactory(Factory):
+    noisy = False
+
+    def __init__(self, route: Callable[[str, str], Handler | None], directory: Directory) -> None:
+        self.route = route
+        self.directory = directory
+
+    def buildProtocol(self, addr: object) -> APIProtocol:
+        return APIProtocol(self.route, self.directory)

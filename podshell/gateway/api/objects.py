@@ -1,0 +1,227 @@
+"""Kubernetes API objects as JSON: pods from the runtime, discovery, Status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from podshell import __version__
+from podshell.node.runtime.local import LocalContainer, LocalPod, State
+
+KUBE_VERSION = {"major": "1", "minor": "32"}
+
+
+def _time(t: datetime | None) -> str | None:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def _state(state: State) -> dict[str, Any]:
+    if state.kind == "running":
+        return {"running": {"startedAt": _time(state.started_at)}}
+    if state.kind == "terminated":
+        out: dict[str, Any] = {
+            "exitCode": state.exit_code,
+            "reason": state.reason,
+            "startedAt": _time(state.started_at),
+            "finishedAt": _time(state.finished_at),
+        }
+        if state.signal:
+            out["signal"] = state.signal
+        if state.message:
+            out["message"] = state.message
+        return {"terminated": out}
+    return {"waiting": {k: v for k, v in (("reason", state.reason), ("message", state.message)) if v}}
+
+
+def _container_status(c: LocalContainer) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "name": c.name,
+        "state": _state(c.state),
+        "ready": c.state.kind == "running",
+        "started": c.state.kind == "running",
+        "restartCount": c.restart_count,
+        "image": c.spec.image or "",
+        "imageID": "",
+    }
+    if c.last_state is not None:
+        status["lastState"] = _state(c.last_state)
+    if c.init is not None:
+        status["containerID"] = f"podshell://{c.init.pid}"
+    return status
+
+
+def pod_json(pod: LocalPod, node: str) -> dict[str, Any]:
+    """A v1 Pod as kubectl reads it (exec, attach, port-forward, get)."""
+    manifest = pod.manifest.model_dump(mode="json", exclude_none=True, by_alias=True)
+    meta = manifest["metadata"]
+    meta.update(uid=pod.uid, creationTimestamp=_time(pod.created), resourceVersion="1")
+    spec = manifest["spec"]
+    spec["nodeName"] = node
+    for c in spec["containers"]:
+        c.setdefault("image", "")
+    running = [c for c in pod.containers.values() if c.state.kind == "running"]
+    ready = len(running) == len(pod.containers)
+    conditions = [
+        {"type": "Initialized", "status": "True"},
+        {"type": "Ready", "status": "True" if ready else "False"},
+        {"type": "ContainersReady", "status": "True" if ready else "False"},
+        {"type": "PodScheduled", "status": "True"},
+    ]
+    status: dict[str, Any] = {
+        "phase": pod.phase,
+        "conditions": conditions,
+        "hostIP": "127.0.0.1",
+        "startTime": _time(pod.started),
+        "containerStatuses": [_container_status(c) for c in pod.containers.values()],
+        "qosClass": "BestEffort",
+    }
+    if pod.failure:
+        status["message"] = pod.failure
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
+
+
+def pod_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+
+
+def version() -> dict[str, Any]:
+    return {
+        **KUBE_VERSION,
+        "gitVersion": f"v{KUBE_VERSION['major']}.{KUBE_VERSION['minor']}.0+podshell-{__version__}",
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "podshell",
+        "platform": "linux/amd64",
+    }
+
+
+def api_versions(address: str) -> dict[str, Any]:
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}],
+    }
+
+
+API_GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+
+_SUBRESOURCE = {"namespaced": True, "singularName": "", "verbs": ["create", "get"]}
+API_V1 = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "v1",
+    "resources": [
+        {
+            "name": "pods",
+            "singularName": "pod",
+            "namespaced": True,
+            "kind": "Pod",
+            "verbs": ["get", "list"],
+            "shortNames": ["po"],
+        },
+        {"name": "pods/exec", "kind": "PodExecOptions", **_SUBRESOURCE},
+        {"name": "pods/attach", "kind": "PodAttachOptions", **_SUBRESOURCE},
+        {"name": "pods/portforward", "kind": "PodPortForwardOptions", **_SUBRESOURCE},
+    ],
+}
+
+
+def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A metav1.Status for an HTTP error (kubectl prints C{Error from server (reason): message})."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        body["details"] = details
+    return body
+
+
+def _age(since: datetime | None, now: datetime) -> str:
+    """Kubernetes' short durations: 42s, 5m10s, 3h4m, 2d3h, 400d."""
+    if since is None:
+        return "<unknown>"
+    seconds = max(0, int((now - since).total_seconds()))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 120:
+        return f"{seconds}s"
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if hours < 3:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if days < 2:
+        return f"{hours}h"
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    return f"{days}d"
+
+
+def pod_status_word(pod: LocalPod) -> str:
+    """The STATUS column of kubectl get pods: a waiting or terminated reason
+    when a container has one, else the phase."""
+    for c in pod.containers.values():
+        if c.state.kind == "waiting" and c.state.reason:
+            return c.state.reason
+        if c.state.kind == "terminated" and c.state.reason and pod.phase == "Running":
+            return c.state.reason
+    return pod.phase
+
+
+def pod_row(pod: LocalPod, node: str, now: datetime) -> list[Any]:
+    """NAME, READY, STATUS, RESTARTS, AGE, IP, NODE, NOMINATED NODE, READINESS GATES."""
+    ready = sum(1 for c in pod.containers.values() if c.state.kind == "running")
+    restarts = sum(c.restart_count for c in pod.containers.values())
+    return [pod.name, f"{ready}/{len(pod.containers)}", pod_status_word(pod), str(restarts),
+            _age(pod.created, now), "<none>", node, "<none>", "<none>"]  # fmt: skip
+
+
+_COLUMNS = [
+    ("Name", "string", "name", 0),
+    ("Ready", "string", "", 0),
+    ("Status", "string", "", 0),
+    ("Restarts", "string", "", 0),
+    ("Age", "string", "", 0),
+    ("IP", "string", "", 1),
+    ("Node", "string", "", 1),
+    ("Nominated Node", "string", "", 1),
+    ("Readiness Gates", "string", "", 1),
+]
+
+
+def pod_table(pods: list[LocalPod], node: str, now: datetime) -> dict[str, Any]:
+    """The meta.k8s.io/v1 Table kubectl asks for, so that `kubectl get pods`
+    shows the same columns as against a real cluster."""
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": "1"},
+        "columnDefinitions": [
+            {"name": name, "type": kind, "format": fmt, "description": "", "priority": priority}
+            for name, kind, fmt, priority in _COLUMNS
+        ],
+        "rows": [
+            {
+                "cells": pod_row(p, node, now),
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": {
+                        "name": p.name,
+                        "namespace": p.namespace,
+                        "uid": p.uid,
+                        "creationTimestamp": _time(p.created),
+                    },
+                },
+            }
+            for p in pods
+        ],
+    }

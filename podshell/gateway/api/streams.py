@@ -1,0 +1,136 @@
+"""What exec and attach mean on the wire, whatever the transport (WebSocket
+or SPDY): the query, the protocol versions, resize messages and the final
+status.  Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from podshell.node.spawner import ExitStatus, WindowSize, signal_number
+
+V5, V4, V3, V2, V1 = (
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+)
+B64, V4_B64 = "base64.channel.k8s.io", "v4.base64.channel.k8s.io"
+PORT_FORWARD = "portforward.k8s.io"
+# What we accept, per transport, in the real servers' order of preference.
+WEBSOCKET_EXEC = [V5, V4, V4_B64, V1, B64]
+SPDY_EXEC = [V4, V3, V2, V1]
+WEBSOCKET_PORT_FORWARD = [V4, V4_B64]
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
+CLOSE = 255
+
+
+def flag(values: list[str] | None) -> bool:
+    """The apiserver's rule: absent, "0" or "false" (any case) is false; anything else true."""
+    if not values:
+        return False
+    return values[0].lower() not in ("0", "false")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Which streams an exec or attach asked for (the tty rule applied)."""
+
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    tty: bool
+
+    @classmethod
+    def fromQuery(cls, query: dict[str, list[str]]) -> StreamOptions:
+        tty = flag(query.get("tty"))
+        options = cls(flag(query.get("stdin")), flag(query.get("stdout")), flag(query.get("stderr")) and not tty, tty)
+        if not (options.stdin or options.stdout or options.stderr):
+            raise ValueError("you must specify at least 1 of stdin, stdout, stderr")
+        return options
+
+
+def choose(offered: list[str], supported: list[str]) -> str | None:
+    """The first of the client's protocols that we support (the client's order)."""
+    for protocol in offered:
+        if protocol in supported:
+            return protocol
+    return None
+
+
+def has_status(protocol: str) -> bool:
+    """v4 and later carry a JSON Status with the exit code; earlier ones only text."""
+    return protocol in (V5, V4, V4_B64)
+
+
+def exit_code(status: ExitStatus) -> int:
+    """What Kubernetes reports: the code, or 128 + the signal's number."""
+    if status.signal is not None:
+        return 128 + signal_number(status.signal)
+    return status.code or 0
+
+
+def final_status(status: ExitStatus, command: list[str], protocol: str) -> bytes:
+    """The error-stream payload that ends an exec (empty: success on old protocols)."""
+    code = exit_code(status)
+    if not has_status(protocol):
+        return b"" if code == 0 else f"command terminated with non-zero exit code: exit code {code}".encode()
+    if code == 0:
+        return json.dumps({"metadata": {}, "status": "Success"}, separators=(",", ":")).encode()
+    body = {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command {command}, exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def internal_error(message: str, protocol: str) -> bytes:
+    if not has_status(protocol):
+        return message.encode()
+    body = {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"Internal error occurred: {message}",
+        "reason": "InternalError",
+        "details": {"causes": [{"message": message}]},
+        "code": 500,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class ResizeDecoder:
+    """Window sizes from a byte stream of JSON objects ({"Width":W,"Height":H}),
+    with or without newlines between them, keys in any case."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._decoder = json.JSONDecoder()
+
+    def feed(self, data: bytes) -> list[WindowSize]:
+        self._buffer += data.decode("utf-8", errors="replace")
+        sizes: list[WindowSize] = []
+        while True:
+            text = self._buffer.lstrip()
+            if not text:
+                self._buffer = ""
+                return sizes
+            try:
+                value, end = self._decoder.raw_decode(text)
+            except json.JSONDecodeError:
+                if len(text) > self.MAX:
+                    raise ValueError("resize message too long") from None
+                self._buffer = text
+                return sizes
+            self._buffer = text[end:]
+            if isinstance(value, dict):
+                keys = {str(k).lower(): v for k, v in value.items()}
+                width, height = keys.get("width"), keys.get("height")
+                if isinstance(width, int) and isinstance(height, int) and 0 < width < 65536 and 0 < height < 65536:
+                    sizes.append(WindowSize(height, width))

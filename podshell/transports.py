@@ -1,0 +1,26 @@
+"""What podshell uses of a TCP (or TLS) transport: more than C{ITransport}
+promises, and exactly what Twisted's TCP and TLS transports provide."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.interfaces import IAddress
+
+
+class StreamTransport(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def loseWriteConnection(self) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...

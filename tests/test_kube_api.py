@@ -1,0 +1,245 @@
+"""The Kubernetes-compatible API, driven by stock kubectl and the Python client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from podshell import kubeconfig
+from podshell.tls import StateCA, issue
+
+from .conftest import needs_root, pod
+from .sshserver import PodshellServer
+from .test_ssh import Terminal
+
+pytestmark = needs_root
+
+KUBECTL_DIR = Path(os.path.realpath(shutil.which("kubectl") or "/usr/bin/kubectl")).parent
+VERSIONS = sorted(p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*"))
+# WebSocket exec is kubectl's default from 1.30 on; 1.29 has it behind an environment switch.
+WS_VERSIONS = [v for v in VERSIONS if tuple(map(int, v.split("."))) >= (1, 29)]
+TOKENS = {"alice": "alice-token-0123456789abcdef", "mallory": "mallory-token-0123456789abcdef"}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    port = _free_port()
+    pods = [
+        pod(
+            "web-0",
+            {"name": "app", "command": ["sleep", "3600"], "ports": [{"containerPort": 7001, "name": "sink"}]},
+            {"name": "sidecar", "command": ["sleep", "3600"]},
+            namespace="team-a",
+        ),
+        pod("other", {"name": "main", "command": ["sleep", "3600"]}, namespace="team-b"),
+    ]
+    users = [
+        {"name": "alice", "groups": ["dev"], "tokens": [TOKENS["alice"]]},
+        {"name": "mallory", "tokens": [TOKENS["mallory"]]},
+    ]
+    policy = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
+    server = PodshellServer(root, pods, users, policy, api=f"ssl:{port}:interface=127.0.0.1")
+    try:
+        server.wait_ready(containers=3)
+        server.api_url = f"https://127.0.0.1:{port}"
+        ca = (root / "state" / "ca.crt").read_bytes()
+        for user, token in TOKENS.items():
+            kubeconfig.write(root / f"{user}.kubeconfig", kubeconfig.render(server.api_url, user, token, ca, "team-a"))
+        yield server
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubectl(api, *args: str, user: str = "alice", version: str | None = None, env: dict | None = None, **kw):
+    binary = str(KUBECTL_DIR / f"kubectl.{version}") if version else "kubectl"
+    environment = {**os.environ, "KUBECONFIG": str(api.root / f"{user}.kubeconfig"), **(env or {})}
+    kw.setdefault("capture_output", True)
+    kw.setdefault("timeout", 60)
+    return subprocess.run([binary, *args], env=environment, **kw)
+
+
+def test_get_pods_shows_the_usual_columns(api):
+    r = kubectl(api, "get", "pods")
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert lines[1].split()[:4] == ["web-0", "2/2", "Running", "0"]
+    r = kubectl(api, "get", "pods", "-A")
+    assert [line.split()[:2] for line in r.stdout.decode().splitlines()[1:]] == [
+        ["team-a", "web-0"]
+    ]  # team-b is not alice's
+    r = kubectl(api, "get", "pod", "web-0", "-o", "json")
+    obj = json.loads(r.stdout)
+    assert (obj["kind"], obj["status"]["phase"], [c["name"] for c in obj["spec"]["containers"]]) == (
+        "Pod",
+        "Running",
+        ["app", "sidecar"],
+    )
+
+
+def test_get_pod_errors(api):
+    r = kubectl(api, "get", "pod", "web-9")
+    assert r.returncode == 1 and b"Error from server (NotFound)" in r.stderr
+    r = kubectl(api, "exec", "web-9", "--", "true")
+    assert r.returncode == 1 and b"Error from server (NotFound)" in r.stderr
+    r = kubectl(api, "get", "pod", "other", "-n", "team-b")
+    assert b"Error from server (Forbidden)" in r.stderr
+
+
+@pytest.mark.parametrize("version", WS_VERSIONS)
+def test_exec_exit_codes_and_separate_stderr(api, version):
+    env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true"}
+    for code in (0, 7, 255):
+        r = kubectl(
+            api,
+            "exec",
+            "web-0",
+            "-c",
+            "sidecar",
+            "--",
+            "sh",
+            "-c",
+            f"echo out; echo err >&2; exit {code}",
+            version=version,
+            env=env,
+        )
+        assert r.returncode == code, r.stderr
+        assert r.stdout == b"out\n"
+        assert r.stderr.startswith(b"err\n")
+
+
+def test_exec_stdin_reaches_eof(api):
+    data = os.urandom(5 << 20)
+    r = kubectl(api, "exec", "-i", "web-0", "--", "sha256sum", input=data)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), r.stderr
+
+
+def test_exec_with_a_terminal_and_resize(api):
+    config = api.root / "alice.kubeconfig"
+    term = Terminal(["env", f"KUBECONFIG={config}", "kubectl", "exec", "-it", "web-0", "--", "sh"], 30, 90)
+    term.send(b"stty size; echo mark-$((40+2))\r")
+    term.expect(b"30 90")
+    term.expect(b"mark-42")
+    term.resize(45, 120)
+    time.sleep(0.5)
+    term.send(b"stty size; exit 4\r")
+    term.expect(b"45 120")
+    assert term.close() == 4
+
+
+def test_kubectl_cp_both_ways(api, tmp_path):
+    data = os.urandom(3 << 20)
+    (tmp_path / "up.bin").write_bytes(data)
+    r = kubectl(api, "cp", str(tmp_path / "up.bin"), "team-a/web-0:/tmp/up.bin", "-c", "app")
+    assert r.returncode == 0, r.stderr
+    r = kubectl(api, "cp", "team-a/web-0:/tmp/up.bin", str(tmp_path / "down.bin"), "-c", "app")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "down.bin").read_bytes() == data
+
+
+def test_python_client_exec(api):
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+
+    api_client = config.new_client_from_config(str(api.root / "alice.kubeconfig"))
+    core = client.CoreV1Api(api_client)
+    resp = stream(
+        core.connect_get_namespaced_pod_exec, "web-0", "team-a", command=["sh", "-c", "echo hi; echo oops >&2; exit 3"],
+        stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False,
+    )  # fmt: skip
+    resp.run_forever(timeout=30)
+    assert resp.read_stdout() == "hi\n"
+    assert resp.read_stderr() == "oops\n"
+    assert resp.returncode == 3
+
+
+def test_unauthorized_and_forbidden(api, tmp_path):
+    bad = tmp_path / "bad.kubeconfig"
+    ca = (api.root / "state" / "ca.crt").read_bytes()
+    kubeconfig.write(bad, kubeconfig.render(api.api_url, "x", "not-a-valid-token-at-all", ca))
+    r = subprocess.run(
+        ["kubectl", "exec", "web-0", "--", "true"],
+        env={**os.environ, "KUBECONFIG": str(bad)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and b"Unauthorized" in r.stderr
+    r = kubectl(api, "exec", "web-0", "-n", "team-a", "--", "true", user="mallory")
+    assert r.returncode == 1 and b"Forbidden" in r.stderr
+
+
+def test_client_certificates_from_the_state_ca_log_in(api, tmp_path):
+    ca = StateCA(api.root / "state")
+    cert = issue(ca.ca, "alice", client=True)
+    (tmp_path / "c.crt").write_bytes(cert.cert_pem)
+    (tmp_path / "c.key").write_bytes(cert.key_pem)
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    r = subprocess.run(
+        ["kubectl", "--server", api.api_url, "--certificate-authority", str(tmp_path / "ca.crt"),
+         "--client-certificate", str(tmp_path / "c.crt"), "--client-key", str(tmp_path / "c.key"),
+         "-n", "team-a", "exec", "web-0", "--", "echo", "by-cert"],
+        env={**os.environ, "KUBECONFIG": "/dev/null"}, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.stdout == b"by-cert\n", r.stderr
+
+
+def _raw(api, request: bytes) -> bytes:
+    """One raw request over TLS; the answer up to its Content-Length."""
+    context = ssl.create_default_context(cafile=str(api.root / "state" / "ca.crt"))
+    port = int(api.api_url.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+    ):
+        s.sendall(request)
+        s.settimeout(10)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+                head, _, body = out.partition(b"\r\n\r\n")
+                if b"content-length: " in head.lower():
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    if len(body) >= length:
+                        break
+        except (TimeoutError, ssl.SSLError):
+            pass
+        return out
+
+
+def test_bad_requests_get_clear_errors(api):
+    auth = f"Authorization: Bearer {TOKENS['alice']}\r\n".encode()
+    out = _raw(api, b"GARBAGE\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400")
+    path = b"/api/v1/namespaces/team-a/pods/web-0/exec?command=true&stdout=true"
+    out = _raw(api, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and b"Upgrade request required" in out
+    ws = (
+        b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v9.channel.k8s.io\r\n\r\n"
+    )
+    out = _raw(api, ws)
+    assert out.startswith(b"HTTP/1.1 403") and b"x-accepted-stream-protocol-versions: v5.channel.k8s.io" in out.lower()
+    out = _raw(
+        api, b"GET /api/v1/namespaces/team-a/pods/web-0/exec?stdout=true HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    )
+    assert b"you must specify at least one command" in out
+    out = _raw(
+        api, b"GET /api/v1/namespaces/team-a/pods/web-0/exec?command=true HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    )
+    assert b"at least 1 of stdin, stdout, stderr" in out
