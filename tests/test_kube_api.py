@@ -17,16 +17,38 @@ import pytest
 from podshell import kubeconfig
 from podshell.tls import StateCA, issue
 
-from .conftest import needs_root, pod
+from .conftest import PYTHON, needs_root, pod
+from .podserver import SINK_PORT, SOURCE_PORT, pattern
 from .sshserver import PodshellServer
-from .test_ssh import Terminal
+from .test_ssh import PODSERVER, Terminal
 
 pytestmark = needs_root
 
 KUBECTL_DIR = Path(os.path.realpath(shutil.which("kubectl") or "/usr/bin/kubectl")).parent
-VERSIONS = sorted(p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*"))
+# Debian's kubectl 1.20 (SPDY only), unpacked by scripts/test-deps.sh.
+TOOLS = Path(os.environ.get("PODSHELL_TEST_TOOLS", Path(__file__).parent.parent / ".test-tools"))
+VERSIONS = ["1.20"] + sorted(
+    (p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*")), key=lambda v: int(v.split(".")[1])
+)
+
+
+def minor(version: str) -> int:
+    return int(version.split(".")[1])
+
+
 # WebSocket exec is kubectl's default from 1.30 on; 1.29 has it behind an environment switch.
-WS_VERSIONS = [v for v in VERSIONS if tuple(map(int, v.split("."))) >= (1, 29)]
+WS_VERSIONS = [v for v in VERSIONS if minor(v) >= 29]
+# Every version over SPDY, and over WebSocket where it has it.
+EXEC_CASES = [(v, "spdy") for v in VERSIONS] + [(v, "websocket") for v in WS_VERSIONS]
+# Port-forward over WebSocket (SPDY tunnelled) is opt-in in 1.30, the default from 1.31.
+PF_CASES = [(v, "spdy") for v in VERSIONS] + [(v, "websocket") for v in VERSIONS if minor(v) >= 30]
+
+
+def transport_env(transport: str) -> dict[str, str]:
+    flag = "true" if transport == "websocket" else "false"
+    return {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": flag, "KUBECTL_PORT_FORWARD_WEBSOCKETS": flag}
+
+
 TOKENS = {"alice": "alice-token-0123456789abcdef", "mallory": "mallory-token-0123456789abcdef"}
 
 
@@ -37,8 +59,14 @@ def api(tmp_path_factory):
     pods = [
         pod(
             "web-0",
-            {"name": "app", "command": ["sleep", "3600"], "ports": [{"containerPort": 7001, "name": "sink"}]},
+            {"name": "app", "command": [PYTHON, PODSERVER], "ports": [{"containerPort": SINK_PORT, "name": "sink"}]},
             {"name": "sidecar", "command": ["sleep", "3600"]},
+            {
+                "name": "echo",
+                "stdin": True,
+                "command": ["sh", "-c", "while read l; do echo got:$l; echo err:$l >&2; done"],
+            },
+            {"name": "console", "stdin": True, "tty": True, "command": ["sh"]},
             namespace="team-a",
         ),
         pod("other", {"name": "main", "command": ["sleep", "3600"]}, namespace="team-b"),
@@ -50,7 +78,8 @@ def api(tmp_path_factory):
     policy = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
     server = PodshellServer(root, pods, users, policy, api=f"ssl:{port}:interface=127.0.0.1")
     try:
-        server.wait_ready(containers=3)
+        server.wait_ready(containers=5)
+        time.sleep(0.5)  # the pod's servers start listening
         server.api_url = f"https://127.0.0.1:{port}"
         ca = (root / "state" / "ca.crt").read_bytes()
         for user, token in TOKENS.items():
@@ -66,8 +95,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def kubectl_binary(version: str | None) -> str:
+    if version == "1.20":
+        return str(TOOLS / "kubectl.1.20")
+    return str(KUBECTL_DIR / f"kubectl.{version}") if version else "kubectl"
+
+
 def kubectl(api, *args: str, user: str = "alice", version: str | None = None, env: dict | None = None, **kw):
-    binary = str(KUBECTL_DIR / f"kubectl.{version}") if version else "kubectl"
+    binary = kubectl_binary(version)
     environment = {**os.environ, "KUBECONFIG": str(api.root / f"{user}.kubeconfig"), **(env or {})}
     kw.setdefault("capture_output", True)
     kw.setdefault("timeout", 60)
@@ -78,7 +113,7 @@ def test_get_pods_shows_the_usual_columns(api):
     r = kubectl(api, "get", "pods")
     lines = r.stdout.decode().splitlines()
     assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
-    assert lines[1].split()[:4] == ["web-0", "2/2", "Running", "0"]
+    assert lines[1].split()[:4] == ["web-0", "4/4", "Running", "0"]
     r = kubectl(api, "get", "pods", "-A")
     assert [line.split()[:2] for line in r.stdout.decode().splitlines()[1:]] == [
         ["team-a", "web-0"]
@@ -88,7 +123,7 @@ def test_get_pods_shows_the_usual_columns(api):
     assert (obj["kind"], obj["status"]["phase"], [c["name"] for c in obj["spec"]["containers"]]) == (
         "Pod",
         "Running",
-        ["app", "sidecar"],
+        ["app", "sidecar", "echo", "console"],
     )
 
 
@@ -101,9 +136,9 @@ def test_get_pod_errors(api):
     assert b"Error from server (Forbidden)" in r.stderr
 
 
-@pytest.mark.parametrize("version", WS_VERSIONS)
-def test_exec_exit_codes_and_separate_stderr(api, version):
-    env = {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "true"}
+@pytest.mark.parametrize(("version", "transport"), EXEC_CASES)
+def test_exec_exit_codes_and_separate_stderr(api, version, transport):
+    env = transport_env(transport)
     for code in (0, 7, 255):
         r = kubectl(
             api,
@@ -123,15 +158,20 @@ def test_exec_exit_codes_and_separate_stderr(api, version):
         assert r.stderr.startswith(b"err\n")
 
 
-def test_exec_stdin_reaches_eof(api):
+@pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
+def test_exec_stdin_reaches_eof(api, version, transport):
     data = os.urandom(5 << 20)
-    r = kubectl(api, "exec", "-i", "web-0", "--", "sha256sum", input=data)
+    env = transport_env(transport)
+    r = kubectl(api, "exec", "-i", "web-0", "-c", "sidecar", "--", "sha256sum", input=data, version=version, env=env)
     assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), r.stderr
 
 
-def test_exec_with_a_terminal_and_resize(api):
+@pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
+def test_exec_with_a_terminal_and_resize(api, version, transport):
     config = api.root / "alice.kubeconfig"
-    term = Terminal(["env", f"KUBECONFIG={config}", "kubectl", "exec", "-it", "web-0", "--", "sh"], 30, 90)
+    env = [f"{k}={v}" for k, v in transport_env(transport).items()]
+    argv = ["env", f"KUBECONFIG={config}", *env, kubectl_binary(version), "exec", "-it", "web-0", "-c", "sidecar"]
+    term = Terminal([*argv, "--", "sh"], 30, 90)
     term.send(b"stty size; echo mark-$((40+2))\r")
     term.expect(b"30 90")
     term.expect(b"mark-42")
@@ -243,3 +283,142 @@ def test_bad_requests_get_clear_errors(api):
         api, b"GET /api/v1/namespaces/team-a/pods/web-0/exec?command=true HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
     )
     assert b"at least 1 of stdin, stdout, stderr" in out
+
+
+class PortForward:
+    """kubectl port-forward running in the background, with its local ports."""
+
+    def __init__(self, api, version: str, transport: str, *remote: int) -> None:
+        self.local = [_free_port() for _ in remote]
+        specs = [f"{lp}:{rp}" for lp, rp in zip(self.local, remote, strict=True)]
+        env = {**os.environ, "KUBECONFIG": str(api.root / "alice.kubeconfig"), **transport_env(transport)}
+        self.proc = subprocess.Popen(
+            [kubectl_binary(version), "port-forward", "web-0", *specs],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        for _ in range(2 * len(remote)):  # "Forwarding from 127.0.0.1:L -> R", and from [::1]
+            line = self.proc.stdout.readline()
+            assert line.startswith(b"Forwarding from "), line + self.stop()
+
+    def stop(self) -> bytes:
+        self.proc.terminate()
+        _out, err = self.proc.communicate(timeout=15)
+        return err
+
+
+def download(port: int, n: int) -> tuple[int, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"%d\n" % n)
+        digest, total = hashlib.sha256(), 0
+        while chunk := s.recv(1 << 16):
+            digest.update(chunk)
+            total += len(chunk)
+    return total, digest.hexdigest()
+
+
+def upload(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # the pod's sink answers after EOF
+        return b"".join(iter(lambda: s.recv(1 << 16), b""))
+
+
+@pytest.mark.parametrize(("version", "transport"), PF_CASES)
+def test_port_forward_two_ports_concurrent_and_refused(api, version, transport):
+    from concurrent.futures import ThreadPoolExecutor
+
+    forward = PortForward(api, version, transport, SOURCE_PORT, SINK_PORT, 7009)
+    source, sink, refused = forward.local
+    try:
+        n = 1 << 20
+        expected = hashlib.sha256(pattern(n)).hexdigest()
+        data = os.urandom(n)
+        with ThreadPoolExecutor(20) as pool:
+            downs = [pool.submit(download, source, n) for _ in range(10)]
+            ups = [pool.submit(upload, sink, data) for _ in range(10)]
+            assert [f.result() for f in downs] == [(n, expected)] * 10
+            assert {f.result() for f in ups} == {f"{n} {hashlib.sha256(data).hexdigest()}".encode()}
+        # Nothing listens on 7009: that connection is closed, the forward lives on.
+        with socket.create_connection(("127.0.0.1", refused), timeout=30) as s:
+            assert s.recv(100) == b""
+        assert download(source, 1000) == (1000, hashlib.sha256(pattern(1000)).hexdigest())
+        assert forward.proc.poll() is None
+    finally:
+        err = forward.stop()
+    if minor(version) < 23:  # older clients show the reason and carry on
+        assert b"nothing listens on localhost:7009 in pod team-a/web-0" in err
+
+
+@pytest.mark.parametrize(("version", "transport"), [("1.33", "spdy"), ("1.33", "websocket")])
+def test_port_forward_100_megabytes(api, version, transport):
+    forward = PortForward(api, version, transport, SOURCE_PORT)
+    try:
+        n = 100 << 20  # the source repeats its 64 MiB pattern
+        expected = hashlib.sha256(pattern(64 << 20) + pattern(36 << 20)).hexdigest()
+        assert download(forward.local[0], n) == (n, expected)
+    finally:
+        forward.stop()
+
+
+def test_python_client_port_forward(api):
+    from kubernetes import client, config
+    from kubernetes.stream import portforward
+
+    core = client.CoreV1Api(config.new_client_from_config(str(api.root / "alice.kubeconfig")))
+    pf = portforward(core.connect_get_namespaced_pod_portforward, "web-0", "team-a", ports=f"{SOURCE_PORT},7009")
+    try:
+        s = pf.socket(SOURCE_PORT)
+        s.setblocking(True)
+        s.sendall(b"3000000\n")
+        got = b"".join(iter(lambda: s.recv(1 << 16), b""))
+        assert got == pattern(3000000)
+        assert pf.socket(7009).recv(10) == b""
+        assert "nothing listens on localhost:7009" in (pf.error(7009) or "")
+    finally:
+        pf.close()
+
+
+def _attach(api, version: str, transport: str, container: str) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(api.root / "alice.kubeconfig"), **transport_env(transport)}
+    return subprocess.Popen(
+        [kubectl_binary(version), "attach", "-i", "web-0", "-c", container],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
+def test_attach_joins_the_running_container(api, version, transport):
+    """stdin reaches the container's main process, its stdout and stderr come
+    back apart; detaching leaves it running for the next attach."""
+    for word in ("first", "second"):
+        proc = _attach(api, version, transport, "echo")
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{word}\n".encode())
+        proc.stdin.flush()
+        assert proc.stdout.readline() == f"got:{word}\n".encode()
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith(b"If you don't see a command prompt")
+        assert proc.stderr.readline() == f"err:{word}\n".encode()
+        proc.terminate()
+        proc.communicate(timeout=15)
+    r = kubectl(api, "get", "pod", "web-0", "-o", "json")
+    statuses = {c["name"]: c for c in json.loads(r.stdout)["status"]["containerStatuses"]}
+    assert statuses["echo"]["restartCount"] == 0 and "running" in statuses["echo"]["state"]
+
+
+@pytest.mark.parametrize(("version", "transport"), [("1.33", "spdy"), ("1.33", "websocket")])
+def test_attach_with_a_terminal(api, version, transport):
+    config = api.root / "alice.kubeconfig"
+    env = [f"{k}={v}" for k, v in transport_env(transport).items()]
+    argv = ["env", f"KUBECONFIG={config}", *env, kubectl_binary(version), "attach", "-it", "web-0", "-c", "console"]
+    term = Terminal(argv, 30, 90)
+    term.send(b"echo attached-$((40+2))\r")
+    term.expect(b"attached-42")
+    term.proc.terminate()
+    assert term.close() != 0

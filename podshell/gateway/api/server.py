@@ -12,14 +12,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet.interfaces import IProtocol, ITransport
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.gateway.access import Denied, Gate
-from podshell.gateway.api import objects, streams, websocket
+from podshell.gateway.api import objects, websocket
+from podshell.gateway.api.channels import ChannelCommand, ChannelPortForward
+from podshell.gateway.api.command import Start
 from podshell.gateway.api.front import Handler, HTTPError, Request, Upgrade
-from podshell.gateway.api.streams import StreamOptions
+from podshell.gateway.api.spdy_server import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
+from podshell.gateway.api.websocket import MessageApp
 from podshell.node.runtime.local import LocalPod, LocalRuntime
-from podshell.node.spawner import ProcessSink, Spawner
+from podshell.node.spawner import Spawner
+from podshell.protocols import channels
+from podshell.protocols import remotecommand as rc
+from podshell.protocols.remotecommand import StreamOptions
 from podshell.target import Target
 
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward))?$")
@@ -53,8 +60,10 @@ class KubeAPI:
             ns, pod, sub = m["ns"], m["pod"], m["sub"]
             if sub is None:
                 return (lambda r: self.get_pod(r, ns, pod)) if method == "GET" else None
-            if sub == "exec":
-                return lambda r: self.exec(r, ns, pod)
+            if sub == "portforward":
+                return lambda r: self.port_forward(r, ns, pod)
+            verb = sub
+            return lambda r: self.command(r, ns, pod, verb)
         return None
 
     # Pods: visible to whoever may use them.
@@ -94,39 +103,84 @@ class KubeAPI:
             for verb in ("exec", "attach", "port-forward")
         )
 
-    # exec
-    def exec(self, request: Request, namespace: str, name: str) -> Upgrade:
-        command = request.query.get("command", [])
-        if not command:
-            raise HTTPError(400, "BadRequest", "you must specify at least one command for the container")
+    # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
+    def command(self, request: Request, namespace: str, name: str, verb: str) -> Upgrade:
+        command: list[str] | None = None
+        if verb == "exec":
+            command = request.query.get("command", [])
+            if not command:
+                raise HTTPError(400, "BadRequest", "you must specify at least one command for the container")
         try:
             options = StreamOptions.fromQuery(request.query)
         except ValueError as e:
             raise HTTPError(400, "BadRequest", str(e)) from None
         container = (request.query.get("container") or [""])[0] or None
-        upgrade = request.upgrade
-        if upgrade == "websocket":
-            offered = request.header_values("sec-websocket-protocol")
-            protocol = streams.choose(offered, streams.WEBSOCKET_EXEC) if offered else ""
-            if protocol is None:
-                raise _unsupported(streams.WEBSOCKET_EXEC)
-        elif upgrade == "spdy/3.1":
-            raise HTTPError(400, "BadRequest", "SPDY is not supported yet; use a WebSocket client (kubectl 1.30+)")
+        upgrade, protocol = _negotiate(request, rc.WEBSOCKET_EXEC, rc.SPDY_EXEC)
+        granted = self._enter(request, verb, Target(namespace, name, container), command)
+        handle = granted.handle
+        start: Start
+        if command is not None:
+            argv = command
+            start = lambda sink: self.spawner.process(handle, argv, sink, tty=options.tty)  # noqa: E731
         else:
-            raise HTTPError(400, "BadRequest", "Upgrade request required")
-        granted = self._enter(request, "exec", Target(namespace, name, container), command)
+            start = lambda sink: self.runtime.attach(handle, sink)  # noqa: E731
+        if upgrade == "websocket":
+            return self._websocket(
+                request, protocol, ChannelCommand(protocol, options, granted.session, command, start)
+            )
+        return self._spdy(
+            protocol, lambda server: SpdyCommand(server, protocol, options, granted.session, command, start)
+        )
 
-        def start(sink: ProcessSink):
-            return self.spawner.process(granted.handle, command, sink, tty=options.tty)
+    def port_forward(self, request: Request, namespace: str, name: str) -> Upgrade:
+        upgrade, protocol = _negotiate(request, rc.WEBSOCKET_PORT_FORWARD, [rc.PORT_FORWARD])
+        ports: list[int] = []
+        if protocol in (rc.V4, rc.V4_B64):
+            try:
+                ports = channels.parse_ports(request.query.get("ports", []))
+            except ValueError as e:
+                raise HTTPError(400, "BadRequest", str(e)) from None
+        audit_ports = [f"ports {','.join(map(str, ports))}"] if ports else None
+        granted = self._enter(request, "port-forward", Target(namespace, name, None), audit_ports)
 
+        def connect(port: int, factory: IProtocolFactory) -> Deferred[IProtocol]:
+            return self.spawner.connect(granted.handle, port, factory)
+
+        pod = f"{namespace}/{name}"
+        if protocol == rc.SPDY_TUNNEL:
+            tunnel = SpdyTunnel(
+                self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False)
+            )
+            return self._websocket(request, protocol, tunnel)
+        if upgrade == "websocket":
+            app = ChannelPortForward(ports, protocol == rc.V4_B64, connect, pod, granted.session)
+            return self._websocket(request, protocol, app)
+        report = _errors_are_harmless(request.header("user-agent") or "")
+        return self._spdy(protocol, lambda server: SpdyPortForward(server, connect, pod, granted.session, report))
+
+    def _websocket(self, request: Request, protocol: str, app: MessageApp) -> Upgrade:
         def switch(transport: ITransport, trailing: bytes) -> IProtocol:
             data, ws = websocket.accept(request.raw_headers, request.target, protocol)
             transport.write(data)
-            session = websocket.ChannelSession(ws, protocol, options, start, granted.session, command, self.reactor)
-            session.makeConnection(transport)
+            endpoint = websocket.WebSocketEndpoint(ws, app, self.reactor)
+            endpoint.makeConnection(transport)
             if trailing:
-                session.dataReceived(trailing)
-            return session
+                endpoint.dataReceived(trailing)
+            return endpoint
+
+        return switch
+
+    def _spdy(self, protocol: str, handler: Callable[[SpdyServer], StreamHandler]) -> Upgrade:
+        def switch(transport: ITransport, trailing: bytes) -> IProtocol:
+            transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                b"X-Stream-Protocol-Version: " + protocol.encode() + b"\r\n\r\n"
+            )
+            server = SpdyServer(self.reactor, handler)
+            server.makeConnection(transport)
+            if trailing:
+                server.dataReceived(trailing)
+            return server
 
         return switch
 
@@ -136,6 +190,36 @@ class KubeAPI:
         except Denied as e:
             code, reason = _DENIED.get(e.kind, (400, "BadRequest"))
             raise HTTPError(code, reason, str(e)) from None
+
+
+def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[str, str]:
+    """The upgrade (websocket or spdy/3.1) and the stream protocol: the first
+    of the client's that we support (apimachinery's rule)."""
+    upgrade = request.upgrade
+    if upgrade == "websocket":
+        offered = request.header_values("sec-websocket-protocol")
+        protocol = rc.choose(offered, websocket_protocols) if offered else ""
+        if protocol is None:
+            raise _unsupported(websocket_protocols)
+        return upgrade, protocol
+    if upgrade == "spdy/3.1":
+        offered = request.header_values("x-stream-protocol-version")
+        if not offered:
+            raise HTTPError(
+                400, "BadRequest", "missing X-Stream-Protocol-Version: say which stream protocols you speak"
+            )
+        protocol = rc.choose(offered, spdy_protocols)
+        if protocol is None:
+            raise _unsupported(spdy_protocols)
+        return upgrade, protocol
+    raise HTTPError(400, "BadRequest", "Upgrade request required: use a WebSocket or SPDY/3.1 client such as kubectl")
+
+
+def _errors_are_harmless(user_agent: str) -> bool:
+    """Whether port-forward error text is safe to send: kubectl 1.23 and
+    later end the whole forward when any arrives (kubernetes PR #103526)."""
+    m = re.match(r"kubectl(?:\.[\d.]+)?/v1\.(\d+)", user_agent)
+    return m is None or int(m[1]) < 23
 
 
 def _wants_table(request: Request) -> bool:

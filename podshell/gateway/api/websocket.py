@@ -1,21 +1,23 @@
-"""exec over WebSocket: the Kubernetes channel protocol (v5, v4, v1 and the
-base64 variants) on wsproto.
+"""WebSocket for the streaming subresources, on wsproto.
 
 wsproto rather than twisted.web.websocket (26.10): Twisted's resource cannot
 negotiate a subprotocol, and client-go refuses a 101 that does not echo one
 of the protocols it offered; wsproto is sans-IO and lets us answer with the
 one we chose.
+
+L{WebSocketEndpoint} owns the TCP side (pings, close, reassembly, limits);
+what runs on it is a L{MessageApp}: exec or attach over channels, port-forward
+over channels, or the SPDY tunnel.
 """
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol as TypingProtocol
 from typing import cast
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
@@ -23,13 +25,8 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.handshake import H11Handshake
 from zope.interface import implementer
 
-from podshell.auth.audit import AuditedSession
-from podshell.gateway.api import streams
-from podshell.gateway.api.streams import StreamOptions
-from podshell.node.spawner import ExitStatus, ProcessSession, ProcessSink
 from podshell.transports import StreamTransport
 
-log = Logger()
 MAX_MESSAGE = 1 << 20
 CLOSE_GRACE = 5.0
 
@@ -44,32 +41,20 @@ def accept(raw_headers: Sequence[tuple[bytes, bytes]], target: bytes, subprotoco
     return data, connection
 
 
-@implementer(IPushProducer)
-class ChannelSession(Protocol):
-    """One exec (or attach) over the channel protocol: the WebSocket side is
-    this protocol, the process side its L{ProcessSink}."""
+class MessageApp(TypingProtocol):
+    def opened(self, ws: WebSocketEndpoint) -> None: ...
 
-    def __init__(
-        self,
-        ws: Connection,
-        protocol: str,
-        options: StreamOptions,
-        start: Callable[[ProcessSink], ProcessSession],
-        audit: AuditedSession,
-        command: list[str],
-        reactor,
-    ) -> None:
+    def messageReceived(self, payload: bytes, text: bool) -> None: ...
+
+    def closed(self) -> None: ...
+
+
+class WebSocketEndpoint(Protocol):
+    def __init__(self, ws: Connection, app: MessageApp, reactor) -> None:
         self.ws = ws
-        self.protocol = protocol
-        self.base64 = protocol in (streams.B64, streams.V4_B64)
-        self.options = options
-        self.start = start
-        self.audit = audit
-        self.command = command
+        self.app = app
         self.reactor = reactor
-        self.process: ProcessSession | None = None
-        self.resizes = streams.ResizeDecoder()
-        self._message: list[bytes] = []
+        self._parts: list[bytes] = []
         self._size = 0
         self._done = False
 
@@ -78,94 +63,43 @@ class ChannelSession(Protocol):
         assert self.transport is not None, "connected"
         return cast(StreamTransport, self.transport)
 
-    # WebSocket side.
     def connectionMade(self) -> None:
-        first = streams.STDOUT if self.options.stdout else streams.STDERR if self.options.stderr else streams.ERROR
-        self._send(first, b"")  # the "ready" marker real servers send
-        self.process = self.start(self)
-        self.tcp.registerProducer(self.process, True)  # a slow client pauses the process
-        self.process.registerProducer(self, True)  # a process that does not read pauses the client
+        self.app.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.ws.receive_data(data)
         for event in self.ws.events():
+            if self._done and not isinstance(event, CloseConnection):
+                continue
             if isinstance(event, Message):
                 self._size += len(event.data)
                 if self._size > MAX_MESSAGE:
-                    self._close(1009, "message too big")
+                    self.close(1009, "message too big")
                     return
-                chunk = event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data
-                self._message.append(chunk)
+                text = isinstance(event, TextMessage)
+                self._parts.append(event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data)
                 if event.message_finished:
-                    payload = b"".join(self._message)
-                    self._message, self._size = [], 0
-                    self._received(payload)
+                    payload = b"".join(self._parts)
+                    self._parts, self._size = [], 0
+                    self.app.messageReceived(payload, text)
             elif isinstance(event, Ping):
                 self._write(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    self._write(self.ws.send(event.response()))
-                assert self.transport is not None
-                self.transport.loseConnection()
-
-    def _received(self, payload: bytes) -> None:
-        if not payload or self.process is None:
-            return
-        if self.base64:
-            channel = payload[0] - ord("0")
-            try:
-                data = base64.b64decode(payload[1:], validate=True)
-            except ValueError:
-                self._close(1007, "bad base64 payload")
-                return
-        else:
-            channel, data = payload[0], payload[1:]
-        if channel == streams.STDIN and self.options.stdin:
-            self.process.write(data)
-        elif channel == streams.RESIZE:
-            try:
-                for size in self.resizes.feed(data):
-                    self.process.resize(size)
-            except ValueError:
-                self._close(1007, "bad resize message")
-        elif channel == streams.CLOSE and self.protocol == streams.V5:
-            if len(data) != 1 or data[0] > streams.RESIZE:
-                self._close(1002, "bad close message")
-            elif data[0] == streams.STDIN:
-                self.process.closeStdin()
+                    self.tcp.write(self.ws.send(event.response()))
+                self.tcp.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if self.process is not None and self.process.status is None:
-            self.process.hangup()
-            self.audit.end("client went away", self.process.bytes_in, self.process.bytes_out)
+        self.app.closed()
 
-    # Process side.
-    def outReceived(self, data: bytes) -> None:
-        self._send(streams.STDOUT, data)
-
-    def errReceived(self, data: bytes) -> None:
-        self._send(streams.STDERR if self.options.stderr else streams.STDOUT, data)
-
-    def processEnded(self, status: ExitStatus) -> None:
-        assert self.process is not None
-        self.audit.end(str(status), self.process.bytes_in, self.process.bytes_out)
-        payload = streams.final_status(status, self.command, self.protocol)
-        if payload:
-            self._send(streams.ERROR, payload)
-        self._close(1000, "")
-
-    # Output.
-    def _send(self, channel: int, data: bytes) -> None:
-        if self.base64:
-            self._write(self.ws.send(TextMessage(data=chr(ord("0") + channel) + base64.b64encode(data).decode())))
+    def send(self, message: bytes | str) -> None:
+        """A binary (bytes) or text (str) message."""
+        if isinstance(message, str):
+            self._write(self.ws.send(TextMessage(data=message)))
         else:
-            self._write(self.ws.send(BytesMessage(data=bytes((channel,)) + data)))
+            self._write(self.ws.send(BytesMessage(data=message)))
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self._done:
-            self.transport.write(data)
-
-    def _close(self, code: int, reason: str) -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a status code (kubectl takes only 1000 as a clean end),
         then give the client a moment to answer before dropping TCP."""
         if self._done:
@@ -173,18 +107,50 @@ class ChannelSession(Protocol):
         if self.ws.state is ConnectionState.OPEN:
             self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
         self._done = True
-        transport: ITransport | None = self.transport
+        transport = self.transport
         if transport is not None:
-            self.reactor.callLater(CLOSE_GRACE, transport.loseConnection)
-            if code != 1000:
+            if code == 1000:
+                self.reactor.callLater(CLOSE_GRACE, transport.loseConnection)
+            else:
                 transport.loseConnection()
 
-    # IPushProducer: stop reading the client while the process does not read.
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self._done:
+            self.transport.write(data)
+
+
+@implementer(IPushProducer)
+class MessageTransport:
+    """A byte stream carried in binary messages, as a transport (for SPDY
+    tunnelled in WebSocket: message boundaries mean nothing there)."""
+
+    def __init__(self, endpoint: WebSocketEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.endpoint.send(data)
+
+    def writeSequence(self, data: Sequence[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.endpoint.close(1000)
+
+    def getPeer(self) -> IAddress:
+        return self.endpoint.tcp.getPeer()
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.endpoint.tcp.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.endpoint.tcp.unregisterProducer()
+
     def pauseProducing(self) -> None:
-        self.tcp.pauseProducing()
+        self.endpoint.tcp.pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.tcp.resumeProducing()
+        self.endpoint.tcp.resumeProducing()
 
     def stopProducing(self) -> None:
-        """The process's stdin is gone; its end arrives through processEnded."""
+        self.endpoint.tcp.loseConnection()

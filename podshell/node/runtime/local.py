@@ -34,7 +34,7 @@ from podshell.node.runtime.base import (
     ProcessRef,
 )
 from podshell.node.runtime.manifest import Container, Pod
-from podshell.node.spawner import ExitStatus, ProcessSession, Spawner, signal_number
+from podshell.node.spawner import ExitStatus, ProcessSession, ProcessSink, Spawner, WindowSize, signal_number
 
 log = Logger()
 INIT_POLL = 0.002  # seconds between looks for a container's PID 1
@@ -106,6 +106,8 @@ class LocalContainer:
         self.session: ProcessSession | None = None
         self.init: ProcessRef | None = None
         self.logs = LogTail()
+        self.attached: list[Attachment] = []
+        self._pausing: set[Attachment] = set()
         self._delay = 0.0
         self._pending = None  # a scheduled restart or init poll
 
@@ -127,6 +129,8 @@ class LocalContainer:
             workdir=self.spec.workingDir,
             description=f"{pod.path}/{self.name}",
         )
+        if not self.spec.stdin and not self.spec.tty:
+            self.session.closeStdin()  # as in Kubernetes: no stdin unless asked for
         self._find_init(self.session, pod.runtime.reactor.seconds())
 
     def _find_init(self, session: ProcessSession, since: float) -> None:
@@ -160,10 +164,45 @@ class LocalContainer:
     # ProcessSink: the main process's output and end.
     def outReceived(self, data: bytes) -> None:
         self.logs.append(data)
+        for attachment in list(self.attached):
+            attachment.deliver(data, err=False)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.logs.append(data)
+        for attachment in list(self.attached):
+            attachment.deliver(data, err=True)
+
+    def attach(self, handle: ContainerHandle, sink: ProcessSink) -> Attachment:
+        """Join a client to this run of the container's stdio (kubectl attach)."""
+        if self.session is None or self.init != handle.init:
+            raise ContainerNotRunning(self.pod.namespace, self.pod.name, self.name, "it restarted or stopped")
+        attachment = Attachment(self, self.session, sink)
+        self.attached.append(attachment)
+        return attachment
+
+    def detach(self, attachment: Attachment) -> None:
+        if attachment in self.attached:
+            self.attached.remove(attachment)
+            self.unpause(attachment)
+
+    def pause(self, attachment: Attachment) -> None:
+        """A slow attached client holds the container's output, as a slow
+        terminal would: memory stays flat."""
+        if not self._pausing and self.session is not None:
+            self.session.pauseProducing()
+        self._pausing.add(attachment)
+
+    def unpause(self, attachment: Attachment) -> None:
+        if attachment in self._pausing:
+            self._pausing.discard(attachment)
+            if not self._pausing and self.session is not None:
+                self.session.resumeProducing()
 
     def processEnded(self, status: ExitStatus) -> None:
+        for attachment in self.attached:
+            attachment.sink.processEnded(status)
+        self.attached.clear()
+        self._pausing.clear()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
@@ -216,6 +255,61 @@ class LocalContainer:
         if self.session is None:
             return succeed(None)
         return self.session.terminate(self.pod.manifest.spec.terminationGracePeriodSeconds)
+
+
+class Attachment:
+    """One client attached to a container's stdio.  Its stdin reaches the
+    container only if the container has C{stdin: true}; closing it closes
+    the container's stdin only with C{stdinOnce}, as in Kubernetes."""
+
+    def __init__(self, container: LocalContainer, session: ProcessSession, sink: ProcessSink) -> None:
+        self.container = container
+        self.session = session
+        self.sink = sink
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._stdin_producer = False
+
+    def deliver(self, data: bytes, err: bool) -> None:
+        self.bytes_out += len(data)
+        (self.sink.errReceived if err else self.sink.outReceived)(data)
+
+    def write(self, data: bytes) -> None:
+        if self.container.spec.stdin:
+            self.bytes_in += len(data)
+            self.session.write(data)
+
+    def closeStdin(self) -> None:
+        if self.container.spec.stdin and self.container.spec.stdinOnce:
+            self.session.closeStdin()
+
+    def resize(self, size: WindowSize) -> None:
+        self.session.resize(size)
+
+    def hangup(self) -> None:
+        """Detach: the container runs on."""
+        if self._stdin_producer:
+            self._stdin_producer = False
+            self.session.unregisterProducer()
+        self.container.detach(self)
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        """Stdin flow control, for the one attachment that writes first."""
+        if self.container.spec.stdin and self.session.status is None:
+            try:
+                self.session.registerProducer(producer, streaming)
+            except RuntimeError:
+                return  # another attachment holds it
+            self._stdin_producer = True
+
+    def pauseProducing(self) -> None:
+        self.container.pause(self)
+
+    def resumeProducing(self) -> None:
+        self.container.unpause(self)
+
+    def stopProducing(self) -> None:
+        self.hangup()
 
 
 class _SandboxSink:
@@ -365,6 +459,14 @@ class LocalRuntime(Service):
 
     def resolve(self, namespace: str, pod: str, container: str | None = None) -> ContainerHandle:
         return self.pod(namespace, pod).handle(container)
+
+    def attach(self, handle: ContainerHandle, sink: ProcessSink) -> Attachment:
+        """Attach C{sink} to the stdio of the container C{handle} names."""
+        pod = self.pod(handle.namespace, handle.pod)
+        container = pod.containers.get(handle.container)
+        if container is None:
+            raise NoSuchContainer(handle.namespace, handle.pod, handle.container, list(pod.containers))
+        return container.attach(handle, sink)
 
     def startService(self) -> None:
         super().startService()

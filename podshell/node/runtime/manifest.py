@@ -50,6 +50,7 @@ class Container(_Lenient):
     ports: list[ContainerPort] = []
     tty: bool = False
     stdin: bool = False
+    stdinOnce: bool = False
 
     @field_validator("name")
     @classmethod

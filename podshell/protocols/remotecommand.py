@@ -1,6 +1,6 @@
-"""What exec and attach mean on the wire, whatever the transport (WebSocket
-or SPDY): the query, the protocol versions, resize messages and the final
-status.  Pure functions, no I/O."""
+"""What exec, attach and port-forward mean on the wire, whatever the
+transport (WebSocket or SPDY): the query, the protocol versions, resize
+messages and the final status.  Pure functions, no I/O."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ V5, V4, V3, V2, V1 = (
 )
 B64, V4_B64 = "base64.channel.k8s.io", "v4.base64.channel.k8s.io"
 PORT_FORWARD = "portforward.k8s.io"
+SPDY_TUNNEL = "SPDY/3.1+portforward.k8s.io"  # SPDY carried in WebSocket (kubectl 1.30+)
 # What we accept, per transport, in the real servers' order of preference.
 WEBSOCKET_EXEC = [V5, V4, V4_B64, V1, B64]
 SPDY_EXEC = [V4, V3, V2, V1]
-WEBSOCKET_PORT_FORWARD = [V4, V4_B64]
+WEBSOCKET_PORT_FORWARD = [SPDY_TUNNEL, V4, V4_B64]
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
 CLOSE = 255

@@ -1,0 +1,131 @@
+"""exec and attach, whatever carries them (WebSocket channels or SPDY
+streams): the process side is the same, only the framing differs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from podshell.auth.audit import AuditedSession
+from podshell.flow import Pausable, Valve
+from podshell.node.spawner import ExitStatus, ProcessSink, WindowSize
+from podshell.protocols import remotecommand as rc
+from podshell.protocols.remotecommand import StreamOptions
+
+
+class Output(Protocol):
+    """What a transport does for a command session."""
+
+    def send(self, channel: int, data: bytes) -> None:
+        """Deliver output on C{rc.STDOUT}, C{rc.STDERR} or C{rc.ERROR}."""
+
+    def finish(self) -> None:
+        """Everything has been sent: end the streams, then the connection."""
+
+
+class Target(Protocol):
+    """A process (exec) or a container's attached stdio (attach)."""
+
+    bytes_in: int
+    bytes_out: int
+
+    def write(self, data: bytes) -> None: ...
+
+    def closeStdin(self) -> None: ...
+
+    def resize(self, size: WindowSize) -> None: ...
+
+    def hangup(self) -> object: ...
+
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+    def stopProducing(self) -> None: ...
+
+
+class Sink(Protocol):
+    def registerProducer(self, producer: Pausable, streaming: bool) -> None: ...
+
+
+Start = Callable[[ProcessSink], Target]
+
+
+class CommandSession:
+    """One exec or attach: client input to the target, the target's output
+    and end (as a Kubernetes status) to the client."""
+
+    def __init__(
+        self, output: Output, protocol: str, options: StreamOptions, audit: AuditedSession, command: list[str] | None
+    ) -> None:
+        self.output = output
+        self.protocol = protocol
+        self.options = options
+        self.audit = audit
+        self.command = command  # None for attach
+        self.target: Target | None = None
+        self.resizes = rc.ResizeDecoder()
+        self.ended = False
+
+    def begin(self, start: Start, sink: Sink, valve: Valve) -> None:
+        """Start the target; a slow client pauses it, and a target that does
+        not read its stdin stops us reading the client."""
+        self.target = start(self)
+        sink.registerProducer(self.target, True)
+        if not self.ended:
+            self.target.registerProducer(valve.producer("stdin"), True)
+
+    # From the client.
+    def stdin(self, data: bytes) -> None:
+        if self.target is not None and self.options.stdin and not self.ended:
+            self.target.write(data)
+
+    def stdin_closed(self) -> None:
+        if self.target is not None and not self.ended:
+            self.target.closeStdin()
+
+    def resize(self, data: bytes) -> None:
+        """Raises ValueError for a message that is not a window size."""
+        if self.target is not None and not self.ended:
+            for size in self.resizes.feed(data):
+                self.target.resize(size)
+
+    def client_gone(self) -> None:
+        if self.target is not None and not self.ended:
+            self.ended = True
+            self.target.hangup()
+            self.audit.end("client went away", self.target.bytes_in, self.target.bytes_out)
+
+    # From the target (ProcessSink).
+    def outReceived(self, data: bytes) -> None:
+        self.output.send(rc.STDOUT, data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output.send(rc.STDERR if self.options.stderr else rc.STDOUT, data)
+
+    def processEnded(self, status: ExitStatus) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.target is not None:
+            self.audit.end(str(status), self.target.bytes_in, self.target.bytes_out)
+        if self.command is None:
+            payload = rc.final_status(ExitStatus(0), [], self.protocol)
+        else:
+            payload = rc.final_status(status, self.command, self.protocol)
+        if payload:
+            self.output.send(rc.ERROR, payload)
+        self.output.finish()
+
+    def fail(self, message: str) -> None:
+        """End the session with an error the client shows (e.g. a container
+        that went away, streams that never came)."""
+        if self.ended:
+            return
+        self.ended = True
+        moved = (self.target.bytes_in, self.target.bytes_out) if self.target is not None else (0, 0)
+        self.audit.end(f"failed: {message}", *moved)
+        self.output.send(rc.ERROR, rc.internal_error(message, self.protocol))
+        self.output.finish()

@@ -1,0 +1,382 @@
+"""exec, attach and port-forward over SPDY/3.1 (kubectl's long-standing
+transport, and what its WebSocket port-forward tunnels).
+
+L{SpdyServer} is the thin Twisted adapter over the sans-IO core; what the
+streams mean is up to its handler: L{SpdyCommand} or L{SpdyPortForward}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+from typing import cast
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from podshell.auth.audit import AuditedSession
+from podshell.flow import FanOut, Valve
+from podshell.gateway.api.command import CommandSession, Start
+from podshell.gateway.api.portforward import Backend, Connect, failure_text, open_backend
+from podshell.gateway.api.websocket import MessageTransport, WebSocketEndpoint
+from podshell.protocols import remotecommand as rc
+from podshell.protocols import spdy
+from podshell.protocols.remotecommand import StreamOptions
+from podshell.transports import StreamTransport
+
+log = Logger()
+STREAM_CREATION_TIMEOUT = 30.0  # what the kubelet allows a client to open its streams
+CLOSE_GRACE = 5.0  # for the client to tear down after the last status
+
+
+class StreamHandler(TypingProtocol):
+    def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None: ...
+
+    def streamData(self, stream_id: int, data: bytes, fin: bool) -> None: ...
+
+    def streamReset(self, stream_id: int) -> None: ...
+
+    def connectionEnded(self) -> None: ...
+
+
+class SpdyServer(Protocol):
+    """Server end of one SPDY connection."""
+
+    def __init__(self, reactor, make_handler: Callable[[SpdyServer], StreamHandler]) -> None:
+        self.reactor = reactor
+        self.core = spdy.SpdyConnection(client=False)
+        self.make_handler = make_handler
+        self.fanout = FanOut()
+        self.valve: Valve | None = None
+        self.handler: StreamHandler | None = None
+        self._closing: IDelayedCall | None = None
+        self._ended = False
+
+    @property
+    def tcp(self) -> StreamTransport:
+        assert self.transport is not None, "connected"
+        return cast(StreamTransport, self.transport)
+
+    def connectionMade(self) -> None:
+        # Nothing is sent until the client speaks: bytes right after the 101
+        # can be lost in the Go client's response buffer.
+        self.tcp.registerProducer(self.fanout, True)
+        self.valve = Valve(self.tcp)
+        self.handler = self.make_handler(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.handler is not None
+        for event in self.core.receive_data(data):
+            if isinstance(event, spdy.SynStream):
+                self.handler.streamOpened(event.stream_id, event.headers)
+            elif isinstance(event, spdy.Data):
+                self.handler.streamData(event.stream_id, event.data, event.fin)
+            elif isinstance(event, spdy.StreamReset):
+                self.handler.streamReset(event.stream_id)
+            elif isinstance(event, spdy.GoAway):
+                self._end()
+                self.tcp.loseConnection()
+            elif isinstance(event, spdy.ConnectionBroken):
+                log.info(
+                    "SPDY client {peer} broke the protocol: {reason}", peer=self.tcp.getPeer(), reason=event.reason
+                )
+                self._end()
+                self.flush()
+                self.tcp.loseConnection()
+        self.flush()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended and self.handler is not None:
+            self._ended = True
+            self.handler.connectionEnded()
+
+    # For handlers.
+    def reply(self, stream_id: int) -> None:
+        self.core.reply(stream_id)
+        self.flush()
+
+    def send(self, stream_id: int, data: bytes, fin: bool = False) -> None:
+        if self.core.is_open(stream_id):
+            self.core.send_data(stream_id, data, fin)
+            self.flush()
+
+    def reset(self, stream_id: int, status: int = spdy.Status.CANCEL) -> None:
+        self.core.reset(stream_id, status)
+        self.flush()
+
+    def close_soon(self) -> None:
+        """All is said: the client closes now; if it does not, we do."""
+        if self._closing is None:
+            self._closing = self.reactor.callLater(CLOSE_GRACE, self.close)
+
+    def close(self) -> None:
+        self.core.go_away()
+        self.flush()
+        if self.transport is not None:
+            self.tcp.unregisterProducer()
+            self.tcp.loseConnection()
+
+    def flush(self) -> None:
+        out = self.core.data_to_send()
+        if out and self.transport is not None:
+            self.transport.write(out)
+
+
+_STREAM_NAMES = {rc.STDOUT: "stdout", rc.STDERR: "stderr", rc.ERROR: "error"}
+
+
+class SpdyCommand:
+    """exec or attach: one stream per kind (error, stdin, stdout, stderr,
+    resize), named by its C{streamtype} header, each answered at once; the
+    command starts when the set the query asked for is complete."""
+
+    def __init__(
+        self,
+        server: SpdyServer,
+        protocol: str,
+        options: StreamOptions,
+        audit: AuditedSession,
+        command: list[str] | None,
+        start: Start,
+    ) -> None:
+        self.server = server
+        self.session = CommandSession(self, protocol, options, audit, command)
+        self.start = start
+        self.expected = {"error"}
+        for name, wanted in (("stdin", options.stdin), ("stdout", options.stdout), ("stderr", options.stderr)):
+            if wanted:
+                self.expected.add(name)
+        if options.tty and protocol not in (rc.V1, rc.V2):
+            self.expected.add("resize")
+        self.ids: dict[str, int] = {}
+        self.kinds: dict[int, str] = {}
+        self.started = False
+        self.timer = server.reactor.callLater(STREAM_CREATION_TIMEOUT, self._timeout)
+
+    def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
+        kind = headers.get("streamtype", "")
+        if kind in self.ids:
+            self.server.reset(stream_id, spdy.Status.PROTOCOL_ERROR)
+            return
+        self.server.reply(stream_id)
+        if kind not in self.expected:
+            log.info("ignoring an exec stream of type {kind!r}", kind=kind)
+            return
+        self.ids[kind] = stream_id
+        self.kinds[stream_id] = kind
+        if not self.started and self.expected <= self.ids.keys():
+            self.started = True
+            self.timer.cancel()
+            assert self.server.valve is not None
+            self.session.begin(self.start, self.server.fanout, self.server.valve)
+
+    def streamData(self, stream_id: int, data: bytes, fin: bool) -> None:
+        kind = self.kinds.get(stream_id)
+        if kind == "stdin":
+            if data:
+                self.session.stdin(data)
+            if fin:
+                self.session.stdin_closed()
+        elif kind == "resize" and data:
+            try:
+                self.session.resize(data)
+            except ValueError as e:
+                self.session.fail(f"bad resize message: {e}")
+
+    def streamReset(self, stream_id: int) -> None:
+        if self.kinds.get(stream_id) == "stdin":
+            self.session.stdin_closed()
+
+    def connectionEnded(self) -> None:
+        if self.timer.active():
+            self.timer.cancel()
+        self.session.client_gone()
+
+    def _timeout(self) -> None:
+        missing = ", ".join(sorted(self.expected - self.ids.keys()))
+        if "error" in self.ids:
+            self.session.fail(f"timed out waiting for the client to create streams ({missing})")
+        else:
+            self.server.close()
+
+    # Output
+    def send(self, channel: int, data: bytes) -> None:
+        stream_id = self.ids.get(_STREAM_NAMES[channel])
+        if stream_id is not None:
+            self.server.send(stream_id, data)
+
+    def finish(self) -> None:
+        for name in ("stdout", "stderr", "error"):
+            if name in self.ids:
+                self.server.send(self.ids[name], b"", fin=True)
+        self.server.close_soon()
+
+
+@dataclass
+class _Pair:
+    """One forwarded connection: an error stream and a data stream."""
+
+    request: str
+    port: int
+    error: int | None = None
+    data: int | None = None
+    backend: Backend | None = None
+    pending: list[bytes] = field(default_factory=list)
+    client_done: bool = False
+    timer: IDelayedCall | None = None
+
+
+class SpdyPortForward:
+    """Port-forward: streams come in pairs (error, data) keyed by
+    C{requestid}; each pair is one TCP connection to a port in the pod."""
+
+    def __init__(
+        self, server: SpdyServer, connect: Connect, pod: str, audit: AuditedSession, report_errors: bool
+    ) -> None:
+        self.server = server
+        self.connect = connect
+        self.pod = pod
+        self.audit = audit
+        # kubectl 1.23+ ends the whole forward on any error text; for it a
+        # failed connection is closed silently (and logged here) instead.
+        self.report_errors = report_errors
+        self.pairs: dict[str, _Pair] = {}
+        self.streams: dict[int, _Pair] = {}
+        self.moved = [0, 0]
+
+    def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
+        kind, port = headers.get("streamtype"), headers.get("port", "")
+        if kind not in ("error", "data") or not port.isdigit() or not 0 < int(port) < 65536:
+            log.info("refusing a port-forward stream with headers {headers}", headers=headers)
+            self.server.reset(stream_id)
+            return
+        request = headers.get("requestid") or str(stream_id if kind == "error" else stream_id - 2)
+        pair = self.pairs.get(request)
+        if pair is None:
+            pair = self.pairs[request] = _Pair(request, int(port))
+            pair.timer = self.server.reactor.callLater(STREAM_CREATION_TIMEOUT, self._incomplete, pair)
+        if getattr(pair, kind) is not None or pair.port != int(port):
+            self.server.reset(stream_id, spdy.Status.PROTOCOL_ERROR)
+            return
+        self.server.reply(stream_id)
+        setattr(pair, kind, stream_id)
+        self.streams[stream_id] = pair
+        if pair.error is not None and pair.data is not None:
+            assert pair.timer is not None
+            pair.timer.cancel()
+            self._open(pair)
+
+    def _open(self, pair: _Pair) -> None:
+        assert self.server.valve is not None
+        d = open_backend(self.connect, pair.port, _PairRelay(self, pair), self.server.valve, pair.request)
+        d.addCallbacks(self._connected, self._failed, callbackArgs=(pair,), errbackArgs=(pair,))
+
+    def _connected(self, backend: Backend, pair: _Pair) -> None:
+        if pair.request not in self.pairs:  # the client gave up meanwhile
+            backend.tcp.loseConnection()
+            return
+        pair.backend = backend
+        self.server.fanout.add(backend.tcp)
+        for data in pair.pending:
+            backend.write(data)
+        pair.pending.clear()
+        if pair.client_done:
+            backend.halfClose()
+
+    def _failed(self, failure: Failure, pair: _Pair) -> None:
+        text = failure_text(pair.port, self.pod, failure)
+        log.info("port-forward: {text}", text=text)
+        if self.report_errors and pair.error is not None:
+            self.server.send(pair.error, text.encode())
+        self._end(pair)
+
+    def _incomplete(self, pair: _Pair) -> None:
+        if pair.error is not None:
+            self.server.send(pair.error, b"timed out waiting for streams")
+        self._end(pair)
+
+    def streamData(self, stream_id: int, data: bytes, fin: bool) -> None:
+        pair = self.streams.get(stream_id)
+        if pair is None or stream_id != pair.data:
+            return  # the client writes nothing on error streams
+        if pair.backend is not None:
+            if data:
+                pair.backend.write(data)
+            if fin:
+                pair.backend.halfClose()
+        else:
+            pair.pending.append(data)
+            pair.client_done = fin
+
+    def streamReset(self, stream_id: int) -> None:
+        pair = self.streams.get(stream_id)
+        if pair is not None and stream_id == pair.data:
+            self._end(pair)
+
+    def connectionEnded(self) -> None:
+        for pair in list(self.pairs.values()):
+            self._end(pair)
+        self.audit.end("closed", *self.moved)
+
+    def backendData(self, pair: _Pair, data: bytes) -> None:
+        if pair.data is not None:
+            self.server.send(pair.data, data)
+
+    def _end(self, pair: _Pair) -> None:
+        """FIN both streams (a no-op for streams already gone) and forget the pair."""
+        if self.pairs.pop(pair.request, None) is None:
+            return
+        if pair.timer is not None and pair.timer.active():
+            pair.timer.cancel()
+        for stream_id in (pair.data, pair.error):
+            if stream_id is not None:
+                self.server.send(stream_id, b"", fin=True)
+                self.streams.pop(stream_id, None)
+        if pair.backend is not None:
+            self.moved[0] += pair.backend.bytes_in
+            self.moved[1] += pair.backend.bytes_out
+            self.server.fanout.remove(pair.backend.tcp)
+            pair.backend.tcp.loseConnection()
+
+
+class _PairRelay:
+    def __init__(self, forward: SpdyPortForward, pair: _Pair) -> None:
+        self.forward = forward
+        self.pair = pair
+
+    def backendData(self, data: bytes) -> None:
+        self.forward.backendData(self.pair, data)
+
+    def backendEnded(self) -> None:
+        self.forward._end(self.pair)
+
+
+class SpdyTunnel:
+    """SPDY carried in binary WebSocket messages (C{SPDY/3.1+portforward.k8s.io}):
+    the messages, joined, are the SPDY byte stream; their boundaries mean nothing."""
+
+    def __init__(self, reactor, make_handler: Callable[[SpdyServer], StreamHandler]) -> None:
+        self.server = SpdyServer(reactor, make_handler)
+        self.ws: WebSocketEndpoint | None = None
+
+    def opened(self, ws: WebSocketEndpoint) -> None:
+        self.ws = ws
+        self.server.makeConnection(MessageTransport(ws))
+
+    def messageReceived(self, payload: bytes, text: bool) -> None:
+        if text:
+            assert self.ws is not None
+            self.ws.close(1003, "the SPDY tunnel carries binary messages only")
+            return
+        self.server.dataReceived(payload)
+
+    def closed(self) -> None:
+        self.server.connectionLost()

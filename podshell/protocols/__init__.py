@@ -1,0 +1,1 @@
+"""Wire formats as pure state machines: bytes in, events out, no I/O."""
