@@ -8,13 +8,17 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from podshell import kubeconfig
+from podshell.protocols import spdy
+from podshell.protocols.spdy import SpdyConnection
 from podshell.tls import StateCA, issue
 
 from .conftest import PYTHON, needs_root, pod
@@ -27,9 +31,10 @@ pytestmark = needs_root
 KUBECTL_DIR = Path(os.path.realpath(shutil.which("kubectl") or "/usr/bin/kubectl")).parent
 # Debian's kubectl 1.20 (SPDY only), unpacked by scripts/test-deps.sh.
 TOOLS = Path(os.environ.get("PODSHELL_TEST_TOOLS", Path(__file__).parent.parent / ".test-tools"))
-VERSIONS = ["1.20"] + sorted(
-    (p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*")), key=lambda v: int(v.split(".")[1])
-)
+VERSIONS = [
+    "1.20",
+    *sorted((p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*")), key=lambda v: int(v.split(".")[1])),
+]
 
 
 def minor(version: str) -> int:
@@ -422,3 +427,158 @@ def test_attach_with_a_terminal(api, version, transport):
     term.expect(b"attached-42")
     term.proc.terminate()
     assert term.close() != 0
+
+
+class RawSpdy:
+    """A hand-driven SPDY client on the sans-IO core (the client side of it)."""
+
+    def __init__(self, api, path: str, protocols: list[str]) -> None:
+        context = ssl.create_default_context(cafile=str(api.root / "state" / "ca.crt"))
+        port = int(api.api_url.rsplit(":", 1)[1])
+        self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        self.sock.settimeout(10)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKENS['alice']}\r\n"
+        head += "Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        head += "".join(f"X-Stream-Protocol-Version: {p}\r\n" for p in protocols) + "\r\n"
+        self.sock.sendall(head.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)  # byte by byte: nothing after the head is ours to eat
+        self.head = response
+        self.core = SpdyConnection(client=True)
+
+    def send(self, raw: bytes = b"") -> None:
+        self.sock.sendall(self.core.data_to_send() + raw)
+
+    def events(self, until, timeout: float = 10) -> list:
+        """Events until C{until(events)} holds or the connection ends."""
+        got: list = []
+        deadline = time.monotonic() + timeout
+        while not until(got) and time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (TimeoutError, ssl.SSLError):
+                break
+            if not data:
+                break
+            got += self.core.receive_data(data)
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+EXEC_PATH = "/api/v1/namespaces/team-a/pods/web-0/exec?container=sidecar&stdout=true&command=sh&command=-c&command="
+
+
+def test_spdy_exec_by_hand_sends_nothing_unasked_and_ends_with_a_status(api):
+    conn = RawSpdy(api, EXEC_PATH + "echo%20hand;exit%203", ["v9.channel.k8s.io", "v4.channel.k8s.io"])
+    assert conn.head.startswith(b"HTTP/1.1 101") and b"X-Stream-Protocol-Version: v4.channel.k8s.io" in conn.head
+    conn.sock.settimeout(0.5)
+    with pytest.raises((TimeoutError, ssl.SSLError)):
+        conn.sock.recv(1)  # the Go client could lose bytes sent before its first frame
+    conn.sock.settimeout(10)
+    error = conn.core.open_stream({"streamtype": "error"})
+    conn.send()
+    assert conn.events(lambda e: e) == [spdy.SynReply(error, {})]  # answered at once, alone
+    out = conn.core.open_stream({"streamtype": "stdout"})
+    conn.send()
+    events = conn.events(lambda e: any(isinstance(x, spdy.Data) and x.fin and x.stream_id == error for x in e))
+    data = {
+        sid: b"".join(e.data for e in events if isinstance(e, spdy.Data) and e.stream_id == sid) for sid in (out, error)
+    }
+    assert data[out] == b"hand\n"
+    status = json.loads(data[error])
+    assert status["reason"] == "NonZeroExitCode" and status["details"]["causes"] == [
+        {"reason": "ExitCode", "message": "3"}
+    ]
+    conn.close()
+
+
+def test_spdy_garbage_and_bombs_end_only_their_own_connection(api):
+    """A session in progress carries on while other connections send broken frames."""
+    path = EXEC_PATH.replace("stdout=true", "stdin=true&stdout=true")
+    good = RawSpdy(api, path + "read%20x;echo%20got-$x", ["v4.channel.k8s.io"])
+    good.core.open_stream({"streamtype": "error"})
+    stdin = good.core.open_stream({"streamtype": "stdin"})
+    out = good.core.open_stream({"streamtype": "stdout"})
+    good.send()
+    assert len(good.events(lambda e: len(e) == 3)) == 3
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, spdy.DICTIONARY)
+    value = b"a" * (8 << 20)
+    bomb = deflate.compress(struct.pack(">III", 1, 1, len(value)) + value) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    payload = struct.pack(">IIBB", 1, 0, 0, 0) + bomb
+    broken = [
+        b"\x80\x03\x00\x06\x00\x00\x00\x05\x00\x00\x00\x01\x00",  # a PING of the wrong size
+        b"\x80\x03\x00\x01\x00\x00\x00\x10" + b"\x00\x00\x00\x01" + b"\x00" * 6 + b"not-zl",  # not zlib
+        struct.pack(">HHB", 0x8003, 1, 0) + len(payload).to_bytes(3, "big") + payload,  # 8 MiB from 8 KiB
+        b"\x00\x00\x00\x00\x00\x00\x00\x01x",  # DATA on stream 0
+    ]
+    for frame in broken:
+        bad = RawSpdy(api, path + "true", ["v4.channel.k8s.io"])
+        bad.send(frame)
+        events = bad.events(lambda e: False)
+        assert events == [spdy.GoAway(0, spdy.GoAwayStatus.PROTOCOL_ERROR)]
+        bad.close()
+    good.core.send_data(stdin, b"still-here\n")
+    good.send()
+    events = good.events(lambda e: any(isinstance(x, spdy.Data) and x.fin and x.stream_id == out for x in e))
+    assert b"".join(e.data for e in events if isinstance(e, spdy.Data) and e.stream_id == out) == b"got-still-here\n"
+    good.close()
+
+
+def test_a_vanished_client_leaves_no_process_behind(api):
+    """exec'd processes are hung up when their client goes (as sshd does)."""
+    conn = RawSpdy(api, EXEC_PATH + "sleep%201234", ["v4.channel.k8s.io"])
+    conn.core.open_stream({"streamtype": "error"})
+    conn.core.open_stream({"streamtype": "stdout"})
+    conn.send()
+    conn.events(lambda e: len(e) == 2)
+    ps = ["exec", "web-0", "-c", "sidecar", "--", "sh", "-c", "ps -o args | grep -c '^sleep 1234' || true"]
+    assert kubectl(api, *ps).stdout.strip() == b"1"
+    conn.sock.close()
+    deadline = time.monotonic() + 10
+    while kubectl(api, *ps).stdout.strip() != b"0":
+        assert time.monotonic() < deadline, "the process outlived its client"
+        time.sleep(0.2)
+
+
+def test_bad_streaming_requests_get_clear_errors(api):
+    auth = f"Authorization: Bearer {TOKENS['alice']}\r\n".encode()
+    spdy_head = b"Host: x\r\n" + auth + b"Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+    exec_path = b"/api/v1/namespaces/team-a/pods/web-0/exec?command=true&stdout=true"
+    out = _raw(api, b"POST " + exec_path + b" HTTP/1.1\r\n" + spdy_head + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and b"missing X-Stream-Protocol-Version" in out
+    out = _raw(api, b"POST " + exec_path + b" HTTP/1.1\r\n" + spdy_head + b"X-Stream-Protocol-Version: v9\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 403")
+    assert b"x-accepted-stream-protocol-versions: v4.channel.k8s.io" in out.lower()
+    pf = b"/api/v1/namespaces/team-a/pods/web-0/portforward"
+    ws = (
+        b"Host: x\r\n" + auth + b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+    )
+    out = _raw(api, b"GET " + pf + b" HTTP/1.1\r\n" + ws)
+    assert out.startswith(b"HTTP/1.1 400") and b"query parameter ports is required" in out
+    out = _raw(api, b"GET " + pf + b"?ports=80,99999 HTTP/1.1\r\n" + ws)
+    assert out.startswith(b"HTTP/1.1 400") and b"invalid port '99999'" in out
+
+
+def test_port_forward_streams_with_bad_headers_are_refused(api):
+    conn = RawSpdy(api, "/api/v1/namespaces/team-a/pods/web-0/portforward", ["portforward.k8s.io"])
+    assert b"X-Stream-Protocol-Version: portforward.k8s.io" in conn.head
+    bad = [
+        {"streamtype": "error", "port": "0", "requestid": "1"},
+        {"streamtype": "data", "port": "http", "requestid": "2"},
+        {"streamtype": "video", "port": "80", "requestid": "3"},
+    ]
+    ids = [conn.core.open_stream(headers) for headers in bad]
+    conn.send()
+    events = conn.events(lambda e: len(e) == 3)
+    assert events == [spdy.StreamReset(i, spdy.Status.CANCEL) for i in ids]
+    error = conn.core.open_stream({"streamtype": "error", "port": str(SOURCE_PORT), "requestid": "9"})
+    data = conn.core.open_stream({"streamtype": "data", "port": str(SOURCE_PORT), "requestid": "9"})
+    conn.core.send_data(data, b"5\n")
+    conn.send()
+    events = conn.events(lambda e: any(isinstance(x, spdy.Data) and x.fin and x.stream_id == error for x in e))
+    assert b"".join(e.data for e in events if isinstance(e, spdy.Data) and e.stream_id == data) == pattern(5)
+    conn.close()

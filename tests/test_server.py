@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -128,10 +130,30 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
     (home / ".ssh" / "id_ed25519.pub").write_text(key + "\n")
     env = {**os.environ, "HOME": str(home), "USER": "tester", "LOGNAME": "tester"}
     server = server_dir(env=env)
-    server.wait_for_log("container default/demo/main started")
+    server.wait_for_log("container default/demo/web started")
     assert "podshell starting from the embedded default: 1 pods" in server.output()
     state = tmp_path / "podshell-state"
     assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
+    # The README's kubectl commands, as written there.
+    kube = {**env, "KUBECONFIG": str(state / "kubeconfig")}
+    run = functools.partial(subprocess.run, env=kube, capture_output=True, timeout=60)
+    r = run(["kubectl", "exec", "demo", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.returncode, r.stdout, r.stderr.splitlines()[0]) == (3, b"out\n", b"err")
+    forward = subprocess.Popen(["kubectl", "port-forward", "demo", "8080:8080"], env=kube, stdout=subprocess.PIPE)
+    procs = [forward]
+    try:
+        assert forward.stdout is not None and forward.stdout.readline().startswith(b"Forwarding from")
+        attach = subprocess.Popen(["kubectl", "attach", "demo", "-c", "web"], env=kube, stderr=subprocess.PIPE)
+        procs.append(attach)
+        assert attach.stderr is not None and attach.stderr.readline().startswith(b"If you don't see")
+        time.sleep(1)  # the attachment is made after kubectl prints that
+        with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=30) as page:
+            assert page.status == 200 and b"Directory listing" in page.read()
+        assert b'"GET / HTTP/1.1" 200' in attach.stderr.readline()  # the web server's access log
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(15)
     assert server.stop() == -signal.SIGTERM
     assert "container default/demo/main ended: exit code 0" in server.output()
 

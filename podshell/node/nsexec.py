@@ -169,6 +169,8 @@ def _child(spec: dict) -> None:
         if spec.get("tty"):
             os.setsid()
             fcntl.ioctl(0, _TIOCSCTTY, 1)
+        else:
+            os.setpgid(0, 0)  # its own group, so a hangup reaches its children too
         if "pid" in spec.get("new", ()):
             _check(
                 _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
@@ -220,7 +222,10 @@ def _relay_and_wait(child: int) -> None:
 
     def relay(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
+            if signum == signal.SIGHUP:
+                os.killpg(child, signum)  # as a terminal hangs up a whole job
+            else:
+                os.kill(child, signum)
 
     for name in _RELAYED:
         signal.signal(getattr(signal, "SIG" + name), relay)

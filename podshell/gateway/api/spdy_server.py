@@ -78,14 +78,11 @@ class SpdyServer(Protocol):
                 self.handler.streamReset(event.stream_id)
             elif isinstance(event, spdy.GoAway):
                 self._end()
-                self.tcp.loseConnection()
+                self.close()
             elif isinstance(event, spdy.ConnectionBroken):
-                log.info(
-                    "SPDY client {peer} broke the protocol: {reason}", peer=self.tcp.getPeer(), reason=event.reason
-                )
+                log.info("SPDY client {peer} broke the protocol: {why}", peer=self.tcp.getPeer(), why=event.reason)
                 self._end()
-                self.flush()
-                self.tcp.loseConnection()
+                self.close()
         self.flush()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -118,10 +115,11 @@ class SpdyServer(Protocol):
             self._closing = self.reactor.callLater(CLOSE_GRACE, self.close)
 
     def close(self) -> None:
+        """GOAWAY (unless already said), then close once what is queued is sent."""
         self.core.go_away()
         self.flush()
         if self.transport is not None:
-            self.tcp.unregisterProducer()
+            self.tcp.unregisterProducer()  # a transport with a producer would wait for it
             self.tcp.loseConnection()
 
     def flush(self) -> None:
