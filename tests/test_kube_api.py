@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -134,9 +135,11 @@ def test_get_pods_shows_the_usual_columns(api):
 
 def test_get_pod_errors(api):
     r = kubectl(api, "get", "pod", "web-9")
-    assert r.returncode == 1 and b"Error from server (NotFound)" in r.stderr
+    assert (r.returncode, r.stderr) == (1, b'Error from server (NotFound): pods "web-9" not found\n')
     r = kubectl(api, "exec", "web-9", "--", "true")
-    assert r.returncode == 1 and b"Error from server (NotFound)" in r.stderr
+    assert (r.returncode, r.stderr) == (1, b'Error from server (NotFound): pods "web-9" not found\n')
+    r = kubectl(api, "get", "pod", "web-0", "-n", "nowhere")  # no rights there: as RBAC says it
+    assert b'Error from server (Forbidden): pods "web-0" is forbidden: User "alice"' in r.stderr
     r = kubectl(api, "get", "pod", "other", "-n", "team-b")
     assert b"Error from server (Forbidden)" in r.stderr
 
@@ -582,3 +585,71 @@ def test_port_forward_streams_with_bad_headers_are_refused(api):
     events = conn.events(lambda e: any(isinstance(x, spdy.Data) and x.fin and x.stream_id == error for x in e))
     assert b"".join(e.data for e in events if isinstance(e, spdy.Data) and e.stream_id == data) == pattern(5)
     conn.close()
+
+
+class RawWebSocket:
+    """A hand-driven WebSocket client (wsproto) over TLS."""
+
+    def __init__(self, api, path: str, protocol: str) -> None:
+        from wsproto import WSConnection
+        from wsproto.connection import ConnectionType
+        from wsproto.events import AcceptConnection, Request
+
+        context = ssl.create_default_context(cafile=str(api.root / "state" / "ca.crt"))
+        port = int(api.api_url.rsplit(":", 1)[1])
+        self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+        self.sock.settimeout(10)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        auth = [(b"authorization", f"Bearer {TOKENS['alice']}".encode())]
+        self.sock.sendall(self.ws.send(Request(host="x", target=path, subprotocols=[protocol], extra_headers=auth)))
+        assert isinstance(self.next(), AcceptConnection)
+
+    def send(self, event) -> None:
+        self.sock.sendall(self.ws.send(event))
+
+    def next(self):
+        while True:
+            for event in self.ws.events():
+                return event
+            data = self.sock.recv(65536)
+            self.ws.receive_data(data or None)
+            if not data:
+                return None
+
+
+def test_websocket_port_forward_base64_with_pings(api):
+    from wsproto.events import CloseConnection, Ping, Pong, TextMessage
+
+    conn = RawWebSocket(
+        api, f"/api/v1/namespaces/team-a/pods/web-0/portforward?ports={SOURCE_PORT}", "v4.base64.channel.k8s.io"
+    )
+    prefix = base64.b64encode(struct.pack("<H", SOURCE_PORT)).decode()
+    assert [conn.next().data, conn.next().data] == ["0" + prefix, "1" + prefix]
+    conn.send(Ping(b"are-you-there"))
+    assert conn.next() == Pong(b"are-you-there")
+    conn.send(TextMessage("0" + base64.b64encode(b"1000\n").decode()))
+    got = b""
+    while isinstance(event := conn.next(), TextMessage):
+        assert event.data[0] == "0"
+        got += base64.b64decode(event.data[1:])
+    assert got == pattern(1000)
+    assert isinstance(event, CloseConnection) and event.code == 1000  # every port done
+
+
+def test_websocket_exec_takes_text_frames_and_answers_pings(api):
+    from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+
+    path = "/api/v1/namespaces/team-a/pods/web-0/exec?container=sidecar&stdin=true&stdout=true&command=head&command=-c6"
+    conn = RawWebSocket(api, path, "v4.channel.k8s.io")
+    conn.send(Ping(b"x"))
+    conn.send(TextMessage("\x00hel"))  # stdin in a text frame
+    conn.send(BytesMessage(b"\x00lo\n"))
+    out, status, pong = b"", b"", None
+    while not isinstance(event := conn.next(), CloseConnection):
+        if isinstance(event, Pong):
+            pong = event
+        elif isinstance(event, Message):
+            channel, data = event.data[0], event.data[1:]
+            out += data if channel == 1 else b""
+            status += data if channel == 3 else b""
+    assert (pong, out, json.loads(status)["status"], event.code) == (Pong(b"x"), b"hello\n", "Success", 1000)

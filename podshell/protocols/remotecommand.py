@@ -124,6 +124,8 @@ class ResizeDecoder:
                 return sizes
             try:
                 value, end = self._decoder.raw_decode(text)
+            except RecursionError:
+                raise ValueError("resize message nested too deeply") from None
             except json.JSONDecodeError:
                 if len(text) > self.MAX:
                     raise ValueError("resize message too long") from None

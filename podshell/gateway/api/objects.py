@@ -84,6 +84,17 @@ def pod_list(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
 
 
+def namespace_json(name: str) -> dict[str, Any]:
+    """A namespace: one exists while it has pods (kubectl asks for it when a pod is not found)."""
+    return {
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+
+
 def version() -> dict[str, Any]:
     return {
         **KUBE_VERSION,
@@ -120,6 +131,14 @@ API_V1 = {
             "kind": "Pod",
             "verbs": ["get", "list"],
             "shortNames": ["po"],
+        },
+        {
+            "name": "namespaces",
+            "singularName": "namespace",
+            "namespaced": False,
+            "kind": "Namespace",
+            "verbs": ["get"],
+            "shortNames": ["ns"],
         },
         {"name": "pods/exec", "kind": "PodExecOptions", **_SUBRESOURCE},
         {"name": "pods/attach", "kind": "PodAttachOptions", **_SUBRESOURCE},

@@ -30,6 +30,7 @@ from podshell.protocols.remotecommand import StreamOptions
 from podshell.target import Target
 
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward))?$")
+_NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 _DENIED = {"forbidden": (403, "Forbidden"), "not-found": (404, "NotFound"), "invalid": (400, "BadRequest")}
 
@@ -53,6 +54,9 @@ class KubeAPI:
         }
         if path.rstrip("/") in fixed and method == "GET":
             return fixed[path.rstrip("/")]
+        if (m := _NAMESPACE.match(path)) and method == "GET":
+            namespace = m["ns"]
+            return lambda r: self.get_namespace(r, namespace)
         if (m := _PODS.match(path)) and method == "GET":
             namespace = m["ns"]
             return lambda r: self.list_pods(r, namespace)
@@ -95,6 +99,19 @@ class KubeAPI:
         if _wants_table(request):
             return 200, objects.pod_table([pod], self.node, datetime.now(UTC))
         return 200, objects.pod_json(pod, self.node)
+
+    def get_namespace(self, request: Request, name: str) -> tuple[int, Any]:
+        pods = self.runtime.pods(name)
+        if any(self._visible(request, p) for p in pods):
+            return 200, objects.namespace_json(name)
+        if pods:
+            raise HTTPError(
+                403,
+                "Forbidden",
+                f'namespaces "{name}" is forbidden: User "{request.identity.name}" cannot get resource "namespaces"',
+                details={"name": name, "kind": "namespaces"},
+            )
+        raise HTTPError(404, "NotFound", f'namespaces "{name}" not found', details={"name": name, "kind": "namespaces"})
 
     def _may_know(self, request: Request, namespace: str, name: str) -> bool:
         source = request.peer.rsplit(":", 1)[0].strip("[]")

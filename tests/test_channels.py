@@ -1,0 +1,98 @@
+"""The WebSocket channel framing and remote-command semantics, without a reactor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from podshell.node.spawner import ExitStatus, WindowSize
+from podshell.protocols import channels
+from podshell.protocols import remotecommand as rc
+
+
+def test_binary_and_base64_framing():
+    assert channels.encode(1, b"hi", b64=False) == b"\x01hi"
+    assert channels.encode(1, b"hi", b64=True) == "1aGk="
+    assert channels.decode(b"\x00data", b64=False) == (0, b"data")
+    assert channels.decode(b"0aGk=", b64=True) == (0, b"hi")
+    assert channels.decode(b"\xff\x00", b64=False) == (255, b"\x00")  # v5 close stdin
+
+
+@pytest.mark.parametrize(("payload", "message"), [(b"", "empty"), (b"x!!", "digit"), (b"0%%%", "base64")])
+def test_bad_base64_messages(payload, message):
+    with pytest.raises(ValueError, match=message):
+        channels.decode(payload, b64=True)
+
+
+def test_port_forward_prefix_is_little_endian():
+    assert bytes((0,)) + channels.port_prefix(8080) == bytes.fromhex("00901f")  # the shared notes' vector
+
+
+@pytest.mark.parametrize(
+    ("values", "ports"), [(["8080"], [8080]), (["8080,9090"], [8080, 9090]), (["1", "65535"], [1, 65535])]
+)
+def test_ports_query(values, ports):
+    assert channels.parse_ports(values) == ports
+
+
+@pytest.mark.parametrize(("values", "message"), [([], "required"), (["0"], "'0'"), (["http"], "'http'"), ([""], "''")])
+def test_bad_ports_query(values, message):
+    with pytest.raises(ValueError, match=message):
+        channels.parse_ports(values)
+
+
+def test_negotiation_takes_the_clients_order():
+    assert rc.choose(["v9", rc.V4, rc.V5], rc.WEBSOCKET_EXEC) == rc.V4
+    assert rc.choose(["v9"], rc.WEBSOCKET_EXEC) is None
+    assert rc.choose([rc.V5, rc.V4], rc.SPDY_EXEC) == rc.V4  # kubelets offer no v5 over SPDY
+
+
+def test_query_flags_and_the_tty_rule():
+    options = rc.StreamOptions.fromQuery({"stdin": ["1"], "stderr": ["true"], "tty": ["true"]})
+    assert options == rc.StreamOptions(stdin=True, stdout=False, stderr=False, tty=True)
+    with pytest.raises(ValueError, match="at least 1 of"):
+        rc.StreamOptions.fromQuery({"stdout": ["false"], "stderr": ["0"]})
+
+
+def test_final_status_per_protocol():
+    assert json.loads(rc.final_status(ExitStatus(0), ["x"], rc.V4)) == {"metadata": {}, "status": "Success"}
+    failure = json.loads(rc.final_status(ExitStatus(signal="KILL"), ["x"], rc.V5))
+    assert failure["reason"] == "NonZeroExitCode"
+    assert failure["details"]["causes"] == [{"reason": "ExitCode", "message": "137"}]
+    assert rc.final_status(ExitStatus(0), ["x"], rc.V1) == b""  # old protocols: silence is success
+    assert b"exit code 3" in rc.final_status(ExitStatus(3), ["x"], rc.V2)
+
+
+def test_resize_messages_in_any_shape():
+    decoder = rc.ResizeDecoder()
+    assert decoder.feed(b'{"Width":120,"Height":40}\n{"wid') == [WindowSize(40, 120)]
+    assert decoder.feed(b'th":80,"height":24}{"Width":0,"Height":1}') == [WindowSize(24, 80)]
+    with pytest.raises(ValueError, match="too long"):
+        decoder.feed(b"{" + b" " * 5000 + b"[" * 5000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        rc.ResizeDecoder().feed(b"[" * 3000 + b"]" * 3000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.booleans())
+def test_fuzz_channel_decoding_fails_only_with_value_error(payload, b64):
+    try:
+        channel, data = channels.decode(payload, b64)
+    except ValueError:
+        return
+    assert 0 <= channel <= 255 and isinstance(data, bytes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=10))
+def test_fuzz_resize_decoding_fails_only_with_value_error(chunks):
+    decoder = rc.ResizeDecoder()
+    for chunk in chunks:
+        try:
+            sizes = decoder.feed(chunk)
+        except ValueError:
+            return
+        assert all(0 < s.rows < 65536 and 0 < s.cols < 65536 for s in sizes)
