@@ -190,12 +190,15 @@ def test_exec_with_a_terminal_and_resize(api, version, transport):
     assert term.close() == 4
 
 
-def test_kubectl_cp_both_ways(api, tmp_path):
+@pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
+def test_kubectl_cp_both_ways(api, tmp_path, version, transport):
     data = os.urandom(3 << 20)
     (tmp_path / "up.bin").write_bytes(data)
-    r = kubectl(api, "cp", str(tmp_path / "up.bin"), "team-a/web-0:/tmp/up.bin", "-c", "app")
+    env = transport_env(transport)
+    r = kubectl(api, "cp", str(tmp_path / "up.bin"), "team-a/web-0:/tmp/up.bin", "-c", "app", version=version, env=env)
     assert r.returncode == 0, r.stderr
-    r = kubectl(api, "cp", "team-a/web-0:/tmp/up.bin", str(tmp_path / "down.bin"), "-c", "app")
+    down = ("cp", "team-a/web-0:/tmp/up.bin", str(tmp_path / "down.bin"), "-c", "app")
+    r = kubectl(api, *down, version=version, env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "down.bin").read_bytes() == data
 
