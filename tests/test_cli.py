@@ -36,3 +36,38 @@ def test_help_and_usage_errors():
     assert "example: podshell config check" in run("config", "check", "--help").stdout
     result = run("frobnicate")
     assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_port_specs_read_like_kubectls():
+    import pytest
+
+    from podshell.cli.portforward import parse_ports
+    from podshell.cli.profile import CLIError
+
+    assert parse_ports(["8080", "9000:80", ":5432", "0:22"]) == [(8080, 8080), (9000, 80), (0, 5432), (0, 22)]
+    for bad in ("http", "80:", "70000", "1:0"):
+        with pytest.raises(CLIError):
+            parse_ports([bad])
+
+
+def test_pod_table_columns_and_ages():
+    from datetime import UTC, datetime
+
+    from podshell.cli.pods import table
+
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    pod = {
+        "metadata": {"name": "web-0", "namespace": "team-a", "creationTimestamp": "2026-01-02T01:00:00Z"},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app"}, {"name": "side"}]},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {"ready": True, "restartCount": 2, "state": {"running": {}}},
+                {"ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            ],
+        },
+    }
+    assert table([pod], True, True, now).splitlines() == [
+        "NAMESPACE   NAME    READY   STATUS             RESTARTS   AGE    NODE     CONTAINERS",
+        "team-a      web-0   1/2     CrashLoopBackOff   3          124m   node-1   app,side",
+    ]

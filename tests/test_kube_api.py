@@ -179,7 +179,12 @@ def test_exec_with_a_terminal_and_resize(api, version, transport):
     config = api.root / "alice.kubeconfig"
     env = [f"{k}={v}" for k, v in transport_env(transport).items()]
     argv = ["env", f"KUBECONFIG={config}", *env, kubectl_binary(version), "exec", "-it", "web-0", "-c", "sidecar"]
-    term = Terminal([*argv, "--", "sh"], 30, 90)
+    drive_a_shell([*argv, "--", "sh"])
+
+
+def drive_a_shell(argv: list[str]) -> None:
+    """A shell under a real terminal: its size, a resize, and its exit code."""
+    term = Terminal(argv, 30, 90)
     term.send(b"stty size; echo mark-$((40+2))\r")
     term.expect(b"30 90")
     term.expect(b"mark-42")

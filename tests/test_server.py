@@ -139,6 +139,23 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
     run = functools.partial(subprocess.run, env=kube, capture_output=True, timeout=60)
     r = run(["kubectl", "exec", "demo", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (r.returncode, r.stdout, r.stderr.splitlines()[0]) == (3, b"out\n", b"err")
+    podshell = str(Path(sys.executable).parent / "podshell")
+    token = (state / "token").read_text().strip()
+    r = run(
+        [
+            podshell,
+            "login",
+            "--server",
+            "https://127.0.0.1:8443",
+            "--token",
+            token,
+            "--certificate-authority",
+            str(state / "ca.crt"),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    r = run([podshell, "exec", "demo", "--", "sh", "-c", "echo out; exit 3"])
+    assert (r.returncode, r.stdout) == (3, b"out\n"), r.stderr
     forward = subprocess.Popen(["kubectl", "port-forward", "demo", "8080:8080"], env=kube, stdout=subprocess.PIPE)
     procs = [forward]
     try:

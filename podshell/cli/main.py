@@ -6,9 +6,11 @@ Errors are one line saying what to do next, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from podshell import __version__
+from podshell.cli.profile import CLIError
 from podshell.yamlfile import ConfigError
 
 
@@ -21,6 +23,108 @@ def _config_check(args: argparse.Namespace) -> int:
         f"{len(loaded.pods)} pods)"
     )
     return 0
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """POD with -n/-c, or NS/POD[/CTR]."""
+    parts = args.pod.split("/")
+    if len(parts) == 1:
+        return args.namespace, parts[0], args.container
+    if len(parts) in (2, 3) and all(parts):
+        if args.container and len(parts) == 3:
+            raise CLIError(f"give the container once: {args.pod} already names {parts[2]}")
+        return parts[0], parts[1], parts[2] if len(parts) == 3 else args.container
+    raise CLIError(f"{args.pod!r} is not POD, NS/POD or NS/POD/CONTAINER")
+
+
+def _api(args: argparse.Namespace):
+    from podshell.cli.api import API
+    from podshell.cli.profile import resolve
+
+    return API(resolve(args))
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from podshell.cli import remote
+
+    command = args.command
+    if not command:
+        raise CLIError("say what to run: podshell exec POD -- COMMAND [ARGS...]")
+    namespace, pod, container = _target(args)
+    return remote.run(_api(args), namespace, pod, container, command, args.stdin, args.tty)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from podshell.cli import remote
+
+    namespace, pod, container = _target(args)
+    return remote.run(_api(args), namespace, pod, container, None, args.stdin, args.tty)
+
+
+def _port_forward(args: argparse.Namespace) -> int:
+    from podshell.cli.portforward import Forwarder, parse_ports
+
+    ports = parse_ports(args.ports)
+    namespace, pod, _container = _target(args)
+    return Forwarder(_api(args), namespace, pod, ports, args.address).run()
+
+
+def _get_pods(args: argparse.Namespace) -> int:
+    from podshell.cli import pods
+
+    path = "/api/v1/pods" if args.all_namespaces else f"/api/v1/namespaces/{args.namespace}/pods"
+    listing = _api(args).get(path)
+    if args.output == "json":
+        print(json.dumps(listing, indent=2))
+    elif not listing.get("items"):
+        where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
+        print(f"No pods you may use in {where}.", file=sys.stderr)
+    else:
+        sys.stdout.write(pods.table(listing["items"], args.all_namespaces, args.output == "wide"))
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    from podshell.cli.api import API
+    from podshell.cli.profile import Profile, read_ca
+
+    if not args.server or not args.token:
+        raise CLIError("podshell login needs --server https://HOST:PORT and --token TOKEN")
+    ca = read_ca(args.certificate_authority) if args.certificate_authority else None
+    profile = Profile(args.server.rstrip("/"), args.token, ca, args.insecure_skip_tls_verify)
+    API(profile).get("/api")  # proves the server, its certificate and the token
+    path = profile.save()
+    print(f"Logged in to {profile.server}; profile saved in {path} (readable by you only).")
+    return 0
+
+
+def _kubeconfig(args: argparse.Namespace) -> int:
+    from podshell import kubeconfig
+    from podshell.cli.profile import resolve
+
+    profile = resolve(args)
+    ca = profile.ca_pem.encode() if profile.ca_pem else None
+    sys.stdout.write(kubeconfig.render(profile.server, "podshell", profile.token, ca, args.namespace))
+    return 0
+
+
+def _connection_command(commands, name: str, help: str, epilog: str, **kw) -> argparse.ArgumentParser:
+    from podshell.cli.profile import add_arguments
+
+    command = commands.add_parser(
+        name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **kw,
+    )  # fmt: skip
+    add_arguments(command)
+    return command
+
+
+def _pod_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
+    command.add_argument("-c", "--container", help="the container (default: the pod's default container)")
+    command.add_argument("-i", "--stdin", action="store_true", help="pass your standard input to it")
+    command.add_argument("-t", "--tty", action="store_true", help="with a terminal: yours, in raw mode")
+    command.add_argument("pod", metavar="POD", help="POD, NS/POD or NS/POD/CONTAINER")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,14 +144,78 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", nargs="?", default=None, help="the file (default: the embedded default)")
     check.set_defaults(run=_config_check)
+
+    pod_commands = [
+        (
+            "exec", "run a command in a container", _exec,
+            "examples:\n  podshell exec web-0 -- ls /\n  podshell exec -it team-a/web-0/app -- sh\n"
+            "  tar c . | podshell exec -i web-0 -- tar x -C /tmp\n\nThe command's exit code is podshell's.",
+        ),
+        (
+            "attach", "attach to a container's main process", _attach,
+            "examples:\n  podshell attach web-0 -c app\n  podshell attach -it team-a/console\n\n"
+            "Detach with Ctrl-C (without -t) or by closing the terminal; the container runs on.",
+        ),
+    ]  # fmt: skip
+    for name, summary, run, epilog in pod_commands:
+        command = _connection_command(commands, name, summary, epilog)
+        _pod_arguments(command)
+        command.set_defaults(run=run)
+        if name == "exec":
+            command.usage = "podshell exec [-h] [-n NS] [-c CTR] [-i] [-t] POD -- COMMAND [ARG...]"
+
+    forward = _connection_command(
+        commands, "port-forward", "forward local ports to ports inside a pod",
+        "examples:\n  podshell port-forward web-0 8080:80\n  podshell port-forward -n team-a web-0 :5432 9090\n\n"
+        "One connection to the server carries every forwarded connection. If it drops, podshell\n"
+        "reconnects with back-off and keeps listening; a port nothing listens on in the pod fails\n"
+        "only the connection that tried it.",
+    )  # fmt: skip
+    forward.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
+    forward.add_argument("--address", default="127.0.0.1", help="the local address to listen on (default: 127.0.0.1)")
+    forward.add_argument("pod", metavar="POD", help="POD or NS/POD")
+    forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE", help="LOCAL empty or 0: any free port")
+    forward.set_defaults(run=_port_forward, container=None)
+
+    get = commands.add_parser("get", help="list resources")
+    get_commands = get.add_subparsers(dest="get_command", metavar="RESOURCE", required=True)
+    pods = _connection_command(
+        get_commands, "pods", "list the pods you may use",
+        "examples:\n  podshell get pods\n  podshell get pods -A -o wide", aliases=["pod", "po"],
+    )  # fmt: skip
+    scope = pods.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", default="default", help="the namespace (default: default)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    pods.add_argument("-o", "--output", choices=["wide", "json"], help="more columns, or the Pod objects")
+    pods.set_defaults(run=_get_pods)
+
+    login = _connection_command(
+        commands, "login", "save a server and token for the other commands",
+        "example:\n  podshell login --server https://gw:8443 --token T --certificate-authority ca.crt\n\n"
+        "The profile goes to ~/.config/podshell/profile.yaml (mode 0600), with the CA inside it.",
+    )  # fmt: skip
+    login.set_defaults(run=_login)
+
+    kube = _connection_command(
+        commands, "kubeconfig", "print a kubeconfig for kubectl with the same server, CA and token",
+        "example:\n  podshell kubeconfig > ~/.kube/podshell && KUBECONFIG=~/.kube/podshell kubectl get pods",
+    )  # fmt: skip
+    kube.add_argument("-n", "--namespace", default="default", help="the context's namespace (default: default)")
+    kube.set_defaults(run=_kubeconfig)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # Everything after "--" is the command (flags may come after POD, as with kubectl).
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser().parse_args(argv[:split])
+    args.command = argv[split + 1 :]
+    if args.command and args.run is not _exec:
+        parser().error("only exec takes a command after --")
     try:
         return int(args.run(args))
-    except ConfigError as e:
+    except (ConfigError, CLIError) as e:
         print(f"podshell: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

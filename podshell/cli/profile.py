@@ -1,0 +1,93 @@
+"""Where the CLI finds its server: flags, then environment, then the saved
+profile (C{podshell login}).  TLS is verified unless the user says otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class CLIError(Exception):
+    """One line for the user: what went wrong and what to do next."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the server's HTTP answer, when it gave one
+
+
+def profile_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "podshell" / "profile.yaml"
+
+
+@dataclass(frozen=True)
+class Profile:
+    server: str
+    token: str
+    ca_pem: str | None = None  # the CA's certificate, kept in the profile itself
+    insecure: bool = False
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.server)
+        if parts.scheme != "https" or not parts.hostname:
+            raise CLIError(f"the server must be an https:// URL, not {self.server!r}")
+        return parts.hostname, parts.port or 443
+
+    def save(self) -> Path:
+        path = profile_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data: dict[str, str | bool] = {"server": self.server, "token": self.token}
+        if self.ca_pem:
+            data["certificate-authority-data"] = self.ca_pem
+        if self.insecure:
+            data["insecure-skip-tls-verify"] = True
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+        os.chmod(path, 0o600)  # also when it existed with looser bits
+        return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection (override the saved profile and PODSHELL_SERVER/PODSHELL_TOKEN)")
+    group.add_argument("--server", help="the API server, https://HOST:PORT")
+    group.add_argument("--token", help="a bearer token")
+    group.add_argument("--certificate-authority", metavar="FILE", help="the CA that signed the server's certificate")
+    group.add_argument(
+        "--insecure-skip-tls-verify", action="store_true", help="do not verify the server's certificate (unsafe)"
+    )
+
+
+def resolve(args: argparse.Namespace) -> Profile:
+    saved: dict = {}
+    path = profile_path()
+    if path.exists():
+        try:
+            saved = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise CLIError(f"cannot read {path}: {e}; run podshell login again") from None
+    server = args.server or os.environ.get("PODSHELL_SERVER") or saved.get("server")
+    token = args.token or os.environ.get("PODSHELL_TOKEN") or saved.get("token")
+    if not server or not token:
+        raise CLIError("no server or token: run podshell login --server https://HOST:PORT --token TOKEN")
+    ca_pem = saved.get("certificate-authority-data")
+    if args.certificate_authority:
+        ca_pem = read_ca(args.certificate_authority)
+    insecure = args.insecure_skip_tls_verify or bool(saved.get("insecure-skip-tls-verify"))
+    return Profile(server.rstrip("/"), token, ca_pem, insecure)
+
+
+def read_ca(path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise CLIError(f"cannot read the certificate authority {path}: {e.strerror}") from None
+    if "BEGIN CERTIFICATE" not in text:
+        raise CLIError(f"{path} holds no PEM certificate")
+    return text

@@ -1,0 +1,263 @@
+"""The native CLI (podshell login / get pods / exec / attach / port-forward /
+kubeconfig) against a real server with real pods."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .conftest import PYTHON, needs_root, pod
+from .podserver import SINK_PORT, SOURCE_PORT, pattern
+from .sshserver import PODSERVER, PodshellServer, free_port
+from .test_kube_api import download, drive_a_shell, upload
+
+pytestmark = needs_root
+
+PODSHELL = shutil.which("podshell", path=str(Path(sys.executable).parent))
+TOKEN = "alice-token-0123456789abcdef"
+PODS = [
+    pod(
+        "web-0",
+        {"name": "app", "command": [PYTHON, PODSERVER]},
+        {"name": "sidecar", "command": ["sleep", "3600"]},
+        {"name": "echo", "stdin": True, "command": ["sh", "-c", "while read l; do echo got:$l; echo err:$l >&2; done"]},
+        namespace="team-a",
+    ),
+    pod("other", {"name": "main", "command": ["sleep", "3600"]}, namespace="team-b"),
+]
+USERS = [
+    {"name": "alice", "groups": ["dev"], "tokens": [TOKEN]},
+    {"name": "mallory", "tokens": ["mallory-token-0123456789abcdef"]},
+]
+POLICY = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
+
+
+class Server:
+    """A podshell server that can be restarted on the same port and state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api_port = free_port()
+        self.url = f"https://127.0.0.1:{self.api_port}"
+        self.start()
+
+    def start(self) -> None:
+        self.proc = PodshellServer(self.root, PODS, USERS, POLICY, api=f"ssl:{self.api_port}:interface=127.0.0.1")
+        self.proc.wait_ready(containers=4)
+        time.sleep(0.5)  # the pod's servers start listening
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("cli"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def home(server, tmp_path_factory):
+    """A user who has logged in."""
+    home = tmp_path_factory.mktemp("home")
+    r = cli(home, "login", "--server", server.url, "--token", TOKEN, "--certificate-authority", ca(server))
+    assert r.returncode == 0, r.stderr
+    return home
+
+
+def ca(server: Server) -> str:
+    return str(server.root / "state" / "ca.crt")
+
+
+def cli(home: Path, *args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    assert PODSHELL, "the podshell console script is installed next to the interpreter"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSHELL_", "XDG_"))}
+    kw.setdefault("capture_output", True)
+    kw.setdefault("timeout", 120)
+    return subprocess.run([PODSHELL, *args], env={**env, "HOME": str(home), **(extra_env or {})}, **kw)
+
+
+def test_login_saves_a_private_profile(server, tmp_path):
+    r = cli(tmp_path, "login", "--server", server.url, "--token", TOKEN)
+    assert r.returncode == 1
+    assert r.stderr.startswith(b"podshell: the certificate of " + server.url.encode() + b" is not trusted")
+    assert b"give --certificate-authority FILE" in r.stderr
+    r = cli(
+        tmp_path,
+        "login",
+        "--server",
+        server.url,
+        "--token",
+        "wrong-token-0123456789",
+        "--certificate-authority",
+        ca(server),
+    )
+    assert r.returncode == 1 and b"the server refused the token" in r.stderr
+    assert not (tmp_path / ".config" / "podshell").exists()
+    r = cli(tmp_path, "login", "--server", server.url, "--token", TOKEN, "--certificate-authority", ca(server))
+    assert r.returncode == 0, r.stderr
+    profile = tmp_path / ".config" / "podshell" / "profile.yaml"
+    assert stat.S_IMODE(profile.stat().st_mode) == 0o600
+    assert stat.S_IMODE(profile.parent.stat().st_mode) == 0o700
+    assert TOKEN in profile.read_text() and "BEGIN CERTIFICATE" in profile.read_text()
+
+
+def test_errors_are_one_line_with_what_to_do(server, home, tmp_path):
+    r = cli(tmp_path, "get", "pods")
+    assert r.stderr == b"podshell: no server or token: run podshell login --server https://HOST:PORT --token TOKEN\n"
+    r = cli(home, "get", "pods", "--server", f"https://127.0.0.1:{free_port()}")
+    assert r.stderr.startswith(b"podshell: cannot reach https://127.0.0.1:") and b"is the server running?" in r.stderr
+    r = cli(home, "get", "pods", extra_env={"PODSHELL_TOKEN": "wrong-token-0123456789"})  # env over the profile
+    assert r.returncode == 1 and b"the server refused the token" in r.stderr
+    r = cli(home, "get", "pods", "-n", "team-a", extra_env={"PODSHELL_SERVER": f"https://localhost:{free_port()}"})
+    assert r.stderr.startswith(b"podshell: cannot reach https://localhost:")
+    r = cli(home, "exec", "team-a/web-9", "--", "true")
+    assert (r.returncode, r.stderr) == (1, b"podshell: no pod team-a/web-9\n")
+    r = cli(home, "exec", "team-b/other", "--", "true")
+    assert r.returncode == 1 and r.stderr.startswith(b"podshell: alice may not exec in team-b/other")
+    r = cli(home, "exec", "team-a/web-0", "--token", "mallory-token-0123456789abcdef", "--", "true")
+    assert r.returncode == 1 and r.stderr.startswith(b"podshell: mallory may not exec")
+    r = cli(home, "exec", "team-a/web-0")
+    assert r.stderr == b"podshell: say what to run: podshell exec POD -- COMMAND [ARGS...]\n"
+    for command in (["exec"], ["attach"], ["port-forward"], ["get", "pods"], ["login"], ["kubeconfig"]):
+        r = cli(home, *command, "--help")
+        assert r.returncode == 0 and b"example" in r.stdout, command
+
+
+def test_get_pods(home):
+    r = cli(home, "get", "pods", "-n", "team-a")
+    lines = r.stdout.decode().splitlines()
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "NODE"]
+    assert lines[1].split()[:4] == ["web-0", "3/3", "Running", "0"]
+    r = cli(home, "get", "pods", "-A")
+    assert [line.split()[:2] for line in r.stdout.decode().splitlines()] == [["NAMESPACE", "NAME"], ["team-a", "web-0"]]
+    r = cli(home, "get", "pods", "-n", "team-a", "-o", "json")
+    assert [p["metadata"]["name"] for p in json.loads(r.stdout)["items"]] == ["web-0"]
+
+
+def test_exec_exit_codes_and_separate_stderr(home):
+    for code in (0, 7, 255):
+        script = f"echo out; echo err >&2; exit {code}"
+        r = cli(home, "exec", "-n", "team-a", "web-0", "-c", "sidecar", "--", "sh", "-c", script)
+        assert (r.returncode, r.stdout, r.stderr) == (code, b"out\n", b"err\n")
+    r = cli(home, "exec", "team-a/web-0/sidecar", "--", "hostname")
+    assert r.stdout == b"web-0\n"
+
+
+def test_exec_stdin_100_megabytes_reaches_eof(home):
+    data = os.urandom(100 << 20)
+    r = cli(home, "exec", "-i", "team-a/web-0/sidecar", "--", "sha256sum", input=data)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), r.stderr
+
+
+def test_exec_with_a_terminal_and_resize(home):
+    drive_a_shell(["env", f"HOME={home}", PODSHELL, "exec", "-it", "team-a/web-0/sidecar", "--", "sh"])
+
+
+def test_kubeconfig_serves_kubectl(home, tmp_path):
+    r = cli(home, "kubeconfig", "-n", "team-a")
+    (tmp_path / "config").write_bytes(r.stdout)
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "config")}
+    r = subprocess.run(
+        ["kubectl", "exec", "web-0", "-c", "sidecar", "--", "echo", "via-kubectl"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.stdout == b"via-kubectl\n", r.stderr
+
+
+class Forward:
+    def __init__(self, home: Path, *specs: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PODSHELL_")}
+        self.proc = subprocess.Popen(
+            [PODSHELL, "port-forward", "-n", "team-a", "web-0", *specs],
+            env={**env, "HOME": str(home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        self.local = []
+        for _ in specs:
+            line = self.proc.stdout.readline().decode()
+            assert line.startswith("Forwarding from 127.0.0.1:"), line
+            self.local.append(int(line.split(":")[1].split()[0]))
+
+    def stop(self) -> bytes:
+        self.proc.terminate()
+        return self.proc.communicate(timeout=15)[1]
+
+
+def test_port_forward_concurrent_and_refused(home):
+    forward = Forward(home, f":{SOURCE_PORT}", f"0:{SINK_PORT}", "7009")
+    source, sink, refused = forward.local
+    try:
+        n = 4 << 20
+        data = os.urandom(n)
+        with ThreadPoolExecutor(20) as pool:
+            downs = [pool.submit(download, source, n) for _ in range(10)]
+            ups = [pool.submit(upload, sink, data) for _ in range(10)]
+            assert [f.result() for f in downs] == [(n, hashlib.sha256(pattern(n)).hexdigest())] * 10
+            assert {f.result() for f in ups} == {f"{n} {hashlib.sha256(data).hexdigest()}".encode()}
+        with socket.create_connection(("127.0.0.1", refused), timeout=30) as s:
+            assert s.recv(100) == b""
+        assert download(source, 1000)[0] == 1000
+        assert forward.proc.poll() is None
+    finally:
+        err = forward.stop()
+    assert b"error forwarding 7009 -> 7009: error forwarding port 7009 to pod team-a/web-0: nothing listens" in err
+
+
+def test_port_forward_survives_a_server_restart(server, home):
+    forward = Forward(home, f":{SOURCE_PORT}")
+    (source,) = forward.local
+    try:
+        assert download(source, 1000)[0] == 1000
+        server.stop()
+        time.sleep(1)
+        server.start()
+        deadline = time.monotonic() + 30
+        while True:  # the listener stayed; the forward comes back by itself
+            try:
+                if download(source, 1000) == (1000, hashlib.sha256(pattern(1000)).hexdigest()):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "port-forward did not reconnect"
+            time.sleep(0.3)
+        assert forward.proc.poll() is None
+    finally:
+        err = forward.stop()
+    assert b"Lost connection to the server; reconnecting" in err and b"Reconnected" in err
+
+
+def test_attach_joins_the_main_process(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODSHELL_")}
+    proc = subprocess.Popen(
+        [PODSHELL, "attach", "-i", "team-a/web-0/echo"],
+        env={**env, "HOME": str(home)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(b"hello\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == b"got:hello\n"
+    assert proc.stderr.readline() == b"err:hello\n"
+    proc.terminate()
+    proc.communicate(timeout=15)
