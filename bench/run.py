@@ -1,0 +1,384 @@
+"""podshell against OpenSSH's sshd, kubectl's path and the loopback limit, in
+one run on one machine, reported as ratios (absolute numbers drift).
+
+    tox -e bench                 # or: python -m bench.run [--quick] [--json FILE]
+
+Needs root (pods are namespaces) and sshd (scripts/bench-deps.sh installs it).
+Every process it starts is stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from tests.conftest import PYTHON, pod
+from tests.podserver import SOURCE_PORT, pattern
+from tests.sshserver import PODSERVER, Client, PodshellServer, free_port, keygen
+
+KUBECTL = shutil.which("kubectl.1.33", path=os.path.dirname(os.path.realpath(shutil.which("kubectl") or "kubectl")))
+TOKEN = "bench-token-0123456789abcdef"
+FORCED_CIPHER = ["-c", "aes128-ctr", "-m", "hmac-sha2-256"]  # what both sides support
+SAME_KEX = ["-o", "KexAlgorithms=curve25519-sha256"]
+
+
+class Sshd:
+    """OpenSSH's sshd on loopback with its own configuration: the reference."""
+
+    def __init__(self, root: Path, public_key: str) -> None:
+        self.root = root
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        host_key = root / "ssh_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+        (root / "authorized_keys").write_text(public_key + "\n")
+        (root / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {root}/authorized_keys\n"
+            "PermitRootLogin yes\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nAllowTcpForwarding yes\n"
+            f"PidFile {root}/sshd.pid\nMaxStartups 1000\nMaxSessions 1000\nLogLevel ERROR\n"
+        )
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(root / "sshd_config")])
+        self.known_hosts = root / "known_hosts"
+        pub = (root / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(pub)}\n")
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def download(port: int, n: int, check: bool = False) -> tuple[float, str]:
+    """Seconds to receive n bytes from the source behind C{port} (and their sha256)."""
+    digest = hashlib.sha256()
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        started = time.perf_counter()
+        s.sendall(b"%d\n" % n)
+        got = 0
+        buf = bytearray(1 << 20)
+        while got < n:
+            k = s.recv_into(buf)
+            if not k:
+                break
+            if check:
+                digest.update(memoryview(buf)[:k])
+            got += k
+        elapsed = time.perf_counter() - started
+    if got != n:
+        raise RuntimeError(f"received {got} of {n} bytes")
+    return elapsed, digest.hexdigest()
+
+
+def mb_per_s(n: int, seconds: float) -> float:
+    return round(n / seconds / 1e6, 1)
+
+
+@contextlib.contextmanager
+def background(argv: list[str], env: dict[str, str] | None = None, ready: int | None = None) -> Iterator[None]:
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if ready is not None:
+            _wait_port(ready)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def median_ms(run: Callable[[], object], times: int) -> float:
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return round(statistics.median(samples) * 1000, 1)
+
+
+class Bench:
+    def __init__(self, root: Path, quick: bool) -> None:
+        self.quick = quick
+        self.size = (128 if quick else 1024) << 20
+        self.results: dict[str, dict[str, float | str]] = {}
+        key = keygen(root / "id_bench")
+        self.key = root / "id_bench"
+        self.sshd = Sshd(root / "sshd", key)
+        self.host_source = subprocess.Popen([PYTHON, PODSERVER], stdout=subprocess.PIPE)  # the same servers on the host
+        assert self.host_source.stdout is not None
+        self.host_source.stdout.readline()
+        self.api_port = free_port()
+        users = [{"name": "bench", "ssh_keys": [key], "tokens": [TOKEN]}]
+        policy = [{"subjects": ["user:bench"], "verbs": ["*"], "namespaces": ["*"]}]
+        pods = [pod("bench", {"name": "main", "command": [PYTHON, PODSERVER]})]
+        (root / "podshell").mkdir()
+        self.podshell = PodshellServer(
+            root / "podshell", pods, users, policy, api=f"ssl:{self.api_port}:interface=127.0.0.1"
+        )
+        self.podshell.wait_ready(containers=1)
+        time.sleep(0.5)
+        from podshell import kubeconfig
+
+        ca = (root / "podshell" / "state" / "ca.crt").read_bytes()
+        self.kubeconfig = root / "kubeconfig"
+        kubeconfig.write(self.kubeconfig, kubeconfig.render(f"https://127.0.0.1:{self.api_port}", "bench", TOKEN, ca))
+        self.ours = Client(self.podshell, self.key)  # type: ignore[arg-type]
+        self.theirs = Client(self.sshd, self.key)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.podshell.stop()
+        self.sshd.stop()
+        self.host_source.terminate()
+        self.host_source.wait(10)
+
+    def record(self, name: str, ours: float, reference: float, unit: str, target: str, higher_is_better: bool) -> None:
+        ratio = round(ours / reference, 3) if reference else float("nan")
+        met = ratio >= float(target[2:]) if higher_is_better else ratio <= float(target[2:])
+        self.results[name] = {"podshell": ours, "reference": reference, "unit": unit, "ratio": ratio,
+                              "target": target, "met": met}  # fmt: skip
+        print(
+            f"{name:58} {ours:>10} {reference:>10} {unit:6} {ratio:>7} {target:>7} {'yes' if met else 'NO'}", flush=True
+        )
+
+    # 1. ssh -L throughput
+    def forward(self, client: Client, dest: str, args: list[str]) -> float:
+        port = free_port()
+        argv = client.ssh_argv("default.bench" if client is self.ours else "root", *args, "-N", "-L",
+                               f"{port}:{dest}:{SOURCE_PORT}")  # fmt: skip
+        with background(argv, ready=port):
+            download(port, 1 << 20)
+            seconds, _ = download(port, self.size)
+        return mb_per_s(self.size, seconds)
+
+    def ssh_forward(self) -> None:
+        for label, args in (("default cipher each", []), ("aes128-ctr both", FORCED_CIPHER)):
+            ours = self.forward(self.ours, "localhost", args)
+            ref = self.forward(self.theirs, "127.0.0.1", args)
+            self.record(f"ssh -L throughput ({label})", ours, ref, "MB/s", ">=0.9", True)
+
+    # 2. exec stdout
+    def exec_stdout(self) -> None:
+        for label, args in (("default cipher each", []), ("aes128-ctr both", FORCED_CIPHER)):
+            command = f"head -c {self.size} /dev/zero"
+            rates = []
+            for client, target in ((self.ours, "default.bench"), (self.theirs, "root")):
+                started = time.perf_counter()
+                r = subprocess.run([*client.ssh_argv(target, *args), command], stdout=subprocess.PIPE, timeout=600)
+                seconds = time.perf_counter() - started
+                assert len(r.stdout) == self.size
+                rates.append(mb_per_s(self.size, seconds))
+            self.record(f"exec stdout throughput ({label})", rates[0], rates[1], "MB/s", ">=0.9", True)
+
+    # 3. latency
+    def latency(self) -> None:
+        times = 10 if self.quick else 30
+        fresh = [
+            median_ms(lambda c=c, t=t: subprocess.run([*c.ssh_argv(t, *SAME_KEX), "true"], check=True), times)
+            for c, t in ((self.ours, "default.bench"), (self.theirs, "root"))
+        ]
+        self.record("exec latency, fresh connection (ssh target true)", *fresh, "ms", "<=0.3", False)
+        multiplexed = []
+        for client, target in ((self.ours, "default.bench"), (self.theirs, "root")):
+            control = f"/tmp/bench-mux-{os.getpid()}-{target}"
+            mux = ["-o", f"ControlPath={control}"]
+            master = subprocess.Popen(client.ssh_argv(target, *mux, "-o", "ControlMaster=yes", "-N"))
+            try:
+                deadline = time.monotonic() + 20
+                while not os.path.exists(control) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                argv = [*client.ssh_argv(target, *mux), "true"]
+                multiplexed.append(median_ms(lambda argv=argv: subprocess.run(argv, check=True), times))
+            finally:
+                master.terminate()
+                master.wait(10)
+        self.record("exec latency, multiplexed connection", *multiplexed, "ms", "<=1.0", False)
+        init = self._container_pid()
+        floor = median_ms(lambda: subprocess.run(["nsenter", "-t", str(init), "-a", "true"], check=True), times)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        podshell_bin = str(Path(sys.executable).parent / "podshell")
+        home = tempfile.mkdtemp()
+        subprocess.run([podshell_bin, "login", "--server", f"https://127.0.0.1:{self.api_port}", "--token", TOKEN,
+                        "--certificate-authority", str(self.podshell.root / "state" / "ca.crt")],
+                       env={**os.environ, "HOME": home}, check=True, capture_output=True)  # fmt: skip
+        cli_env = {**os.environ, "HOME": home}
+        cli = median_ms(
+            lambda: subprocess.run([podshell_bin, "exec", "bench", "--", "true"], env=cli_env, check=True), times
+        )
+        kube = median_ms(
+            lambda: subprocess.run([KUBECTL or "kubectl", "exec", "bench", "--", "true"], env=env, check=True), times
+        )
+        self.results["nsenter floor"] = {"ms": floor}
+        self.record("podshell exec true: ms over nsenter, vs 15", round(cli - floor, 1), 15.0, "ms", "<=1.0", False)
+        self.record("kubectl exec true: ms over nsenter, vs 15", round(kube - floor, 1), 15.0, "ms", "<=1.0", False)
+
+    def _container_pid(self) -> int:
+        for line in self.podshell.log.read_text().splitlines():
+            if "container default/bench/main started, pid " in line:
+                return int(line.rsplit(" ", 1)[1])
+        raise RuntimeError("the bench container's pid is not in the log")
+
+    # 4. kubectl port-forward
+    def kubectl_forward(self) -> None:
+        raw = mb_per_s(self.size, download(SOURCE_PORT, self.size)[0])  # straight to the host's source
+        self.results["raw loopback"] = {"MB/s": raw}
+        via_sshd = self.forward(self.theirs, "127.0.0.1", [])
+        for transport in ("websocket", "spdy"):
+            port = free_port()
+            flag = "true" if transport == "websocket" else "false"
+            env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECTL_PORT_FORWARD_WEBSOCKETS": flag}
+            with background(
+                [KUBECTL or "kubectl", "port-forward", "bench", f"{port}:{SOURCE_PORT}"], env=env, ready=port
+            ):
+                download(port, 1 << 20)
+                rate = mb_per_s(self.size, download(port, self.size)[0])
+            self.record(f"kubectl port-forward ({transport}) vs ssh -L via sshd", rate, via_sshd, "MB/s", ">=1.0", True)
+            self.results[f"kubectl port-forward ({transport}) vs raw loopback"] = {"ratio": round(rate / raw, 3)}
+
+    # 5. concurrency
+    def idle_shells(self) -> None:
+        count = 50 if self.quick else 500
+        per_session = []
+        for client, target, pid in (
+            (self.ours, "default.bench", self.podshell.proc.pid),
+            (self.theirs, "root", self.sshd.proc.pid),
+        ):
+            before = _tree_pss(pid)
+            shells = [
+                subprocess.Popen(
+                    client.ssh_argv(target, "-tt"),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for _ in range(count)
+            ]
+            try:
+                _wait_sessions(pid, count)
+                time.sleep(2)
+                per_session.append(round((_tree_pss(pid) - before) / count / 1024, 1))
+            finally:
+                for shell in shells:
+                    shell.kill()
+                for shell in shells:
+                    shell.wait()
+        self.results["sshd: memory per idle shell (KiB)"] = {"sshd": per_session[1]}
+        self.record(f"{count} idle shells: KiB per session (PSS, with children) vs 100", per_session[0], 100.0, "KiB",
+                    "<=1.0", False)  # fmt: skip
+
+    def concurrent_forwards(self) -> None:
+        streams, n = (20, 4 << 20) if self.quick else (100, 16 << 20)
+        expected = hashlib.sha256(pattern(n)).hexdigest()
+        rates = []
+        for client, dest in ((self.ours, "localhost"), (self.theirs, "127.0.0.1")):
+            port = free_port()
+            target = "default.bench" if client is self.ours else "root"
+            with background(client.ssh_argv(target, "-N", "-L", f"{port}:{dest}:{SOURCE_PORT}"), ready=port):
+                started = time.perf_counter()
+                with ThreadPoolExecutor(streams) as pool:
+                    results = list(pool.map(lambda _, port=port: download(port, n, check=True), range(streams)))
+                seconds = time.perf_counter() - started
+            lost = sum(1 for _, digest in results if digest != expected)
+            if lost:
+                raise RuntimeError(f"{lost} of {streams} streams through {target} came back wrong")
+            rates.append(mb_per_s(streams * n, seconds))
+        self.record(f"{streams} concurrent -L streams, sha256-checked: aggregate", *rates, "MB/s", ">=0.9", True)
+
+
+def _tree_pss(pid: int) -> int:
+    total = 0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_full_info().pss
+    return total
+
+
+def _wait_sessions(pid: int, count: int, timeout: float = 300) -> None:
+    """Until the server has a child process per session (the shell, or sshd's session process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shells = [p for p in psutil.Process(pid).children(recursive=True) if _is_shell(p)]
+        if len(shells) >= count:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"only {len(shells)} of {count} shells started")
+
+
+def _is_shell(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return proc.name() in ("bash", "sh", "dash")
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes and counts (a smoke run)")
+    parser.add_argument("--json", default="bench/results.json", help="where to write the figures")
+    parser.add_argument(
+        "--only", nargs="*", help="run only these parts (forward, exec, latency, kubectl, shells, streams)"
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: run as root (pods are Linux namespaces)", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="podshell-bench-") as tmp:
+        bench = Bench(Path(tmp), args.quick)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            print(f"{'measure':58} {'podshell':>10} {'reference':>10} {'unit':6} {'ratio':>7} {'target':>7} met")
+            parts = {
+                "forward": bench.ssh_forward, "exec": bench.exec_stdout, "latency": bench.latency,
+                "kubectl": bench.kubectl_forward, "shells": bench.idle_shells, "streams": bench.concurrent_forwards,
+            }  # fmt: skip
+            for name, part in parts.items():
+                if not args.only or name in args.only:
+                    part()
+        finally:
+            bench.close()
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "size_bytes": bench.size,
+        "seconds": round(time.monotonic() - started, 1),
+        "results": bench.results,
+    }
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.json} ({report['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
