@@ -33,7 +33,13 @@ class PodshellServer:
     """twistd -n podshell with a generated configuration, users and pods."""
 
     def __init__(
-        self, root: Path, pods: list[dict], users: list[dict], policy: list[dict], api: str | None = None
+        self,
+        root: Path,
+        pods: list[dict],
+        users: list[dict],
+        policy: list[dict],
+        api: str | None = None,
+        ciphers: list[str] | None = None,
     ) -> None:
         self.root = root
         self.port = free_port()
@@ -47,6 +53,8 @@ class PodshellServer:
         }
         if api:
             config["api"] = {"listen": api}
+        if ciphers:
+            config["ssh"]["ciphers"] = ciphers
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         self.proc = subprocess.Popen(

@@ -11,13 +11,16 @@ import sys
 
 from podshell import __version__
 from podshell.cli.profile import CLIError
-from podshell.yamlfile import ConfigError
 
 
 def _config_check(args: argparse.Namespace) -> int:
     from podshell.tap import load
+    from podshell.yamlfile import ConfigError
 
-    loaded = load(args.config)
+    try:
+        loaded = load(args.config)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
     print(
         f"{loaded.source}: OK ({len(loaded.config.users)} users, {len(loaded.config.policy)} policy rules, "
         f"{len(loaded.pods)} pods)"
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("only exec takes a command after --")
     try:
         return int(args.run(args))
-    except (ConfigError, CLIError) as e:
+    except CLIError as e:
         print(f"podshell: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

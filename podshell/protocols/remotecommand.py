@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from podshell.node.spawner import ExitStatus, WindowSize, signal_number
+from podshell.node.process import ExitStatus, WindowSize, signal_number
 
 V5, V4, V3, V2, V1 = (
     "v5.channel.k8s.io",

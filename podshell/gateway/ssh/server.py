@@ -21,6 +21,7 @@ from twisted.cred.credentials import ICredentials, ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -31,6 +32,7 @@ from podshell.config import SSHConfig
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
+from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
 from podshell.gateway.ssh.connection import PodConnection
 from podshell.logs import conch_logger
 from podshell.node.spawner import Spawner
@@ -38,15 +40,21 @@ from podshell.node.spawner import Spawner
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
 
-class PodServerTransport(transport.SSHServerTransport):
-    """Conch's transport without the legacy algorithms (CBC, 3DES, MD5, SHA-1)."""
+class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
+    """Conch's transport with AES-GCM, without the legacy algorithms (CBC,
+    3DES, MD5, SHA-1).  The ciphers offered are the configuration's."""
 
     _log = conch_logger
 
     ourVersionString = f"SSH-2.0-podshell_{__version__}".encode()
-    supportedCiphers = [c for c in transport.SSHServerTransport.supportedCiphers if c.endswith(b"-ctr")]
+    supportedCiphers = list(GCM_KEY_SIZES)
     supportedMACs = [m for m in transport.SSHServerTransport.supportedMACs if m.startswith(b"hmac-sha2-")]
     supportedKeyExchanges = [k for k in transport.SSHServerTransport.supportedKeyExchanges if not k.endswith(b"sha1")]
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        super().ssh_KEXINIT(packet)
+        if type(getattr(self, "nextEncryptions", None)) is transport.SSHCiphers:
+            self.nextEncryptions.__class__ = Ciphers  # the same state, plus GCM and faster MACs
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """A client saying goodbye (what ``ssh`` does after every command) is no error."""
@@ -137,10 +145,16 @@ class PodSSHFactory(SSHFactory):
     protocol = PodServerTransport
     services = {b"ssh-userauth": PodUserAuth, b"ssh-connection": PodConnection}
 
-    def __init__(self, portal: Portal, keys: list[Key]) -> None:
+    def __init__(self, portal: Portal, keys: list[Key], ciphers: list[bytes] | None = None) -> None:
         self.portal = portal
         self.privateKeys = {k.sshType(): k for k in keys}
         self.publicKeys = {k.sshType(): k.public() for k in keys}
+        self.ciphers = ciphers or list(GCM_KEY_SIZES)
+
+    def buildProtocol(self, addr: IAddress | None) -> transport.SSHServerTransport:
+        t = super().buildProtocol(addr)
+        t.supportedCiphers = self.ciphers
+        return t
 
     def getPrimes(self) -> None:
         """No DH group exchange: curve25519 and ML-KEM are offered instead."""
@@ -151,4 +165,4 @@ def make_factory(
     config: SSHConfig, state_dir: Path, directory: Directory, gate: Gate, spawner: Spawner
 ) -> PodSSHFactory:
     portal = Portal(PodRealm(gate, spawner, ACCEPT_ENV + list(config.accept_env)), [KeyChecker(directory)])
-    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir))
+    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in config.ciphers])
