@@ -24,3 +24,12 @@ def port_of(address: IAddress) -> int:
     """The port of a TCP address."""
     assert isinstance(address, IPv4Address | IPv6Address), address
     return address.port
+
+
+def set_no_delay(transport: object) -> None:
+    """TCP_NODELAY on a TCP (or TLS-over-TCP) transport; others are left alone."""
+    while transport is not None:
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
+            return
+        transport = getattr(transport, "transport", None)

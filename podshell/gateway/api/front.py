@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from podshell.addresses import host_port
+from podshell.addresses import host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
 from podshell.gateway.api import objects
 
@@ -91,6 +91,9 @@ class APIProtocol(Protocol):
         self.next: IProtocol | None = None
         self._request: h11.Request | None = None
         self._body = 0
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)  # statuses and small frames go out at once
 
     def dataReceived(self, data: bytes) -> None:
         if self.next is not None:

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from podshell import __version__
-from podshell.addresses import host_port
+from podshell.addresses import host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
 from podshell.config import SSHConfig
 from podshell.gateway.access import Denied, Gate
@@ -55,6 +55,12 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
         super().ssh_KEXINIT(packet)
         if type(getattr(self, "nextEncryptions", None)) is transport.SSHCiphers:
             self.nextEncryptions.__class__ = Ciphers  # the same state, plus GCM and faster MACs
+
+    def connectionMade(self) -> None:
+        # As sshd does: small packets (keystrokes, a command's exit) go out at
+        # once instead of waiting on Nagle for the peer's delayed ACK (~40 ms).
+        set_no_delay(self.transport)
+        super().connectionMade()
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """A client saying goodbye (what ``ssh`` does after every command) is no error."""
