@@ -71,3 +71,41 @@ def test_pod_table_columns_and_ages():
         "NAMESPACE   NAME    READY   STATUS             RESTARTS   AGE    NODE     CONTAINERS",
         "team-a      web-0   1/2     CrashLoopBackOff   3          124m   node-1   app,side",
     ]
+
+
+def test_cluster_ca_init_issue_and_show(tmp_path):
+    import stat
+
+    from cryptography import x509
+
+    from podshell import pki
+
+    pki_dir = tmp_path / "pki"
+    assert run("ca", "init", "--dir", str(pki_dir)).returncode == 0
+    assert stat.S_IMODE((pki_dir / "ca.key").stat().st_mode) == 0o600
+    again = run("ca", "init", "--dir", str(pki_dir))
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert run("ca", "issue", "--dir", str(pki_dir), "--name", "gw-1", "--role", "gateway").returncode == 0
+    r = run("ca", "issue", "--dir", str(pki_dir), "--name", "node-1", "--role", "node", "--san", "10.0.0.2")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((pki_dir / "node-1.key").stat().st_mode) == 0o600
+    node = pki.describe(x509.load_pem_x509_certificate((pki_dir / "node-1.crt").read_bytes()))
+    assert (node.name, node.role, node.names, node.client, node.server) == (
+        "node-1",
+        "node",
+        ["node-1", "10.0.0.2"],
+        True,
+        True,
+    )
+    gateway = pki.describe(x509.load_pem_x509_certificate((pki_dir / "gw-1.crt").read_bytes()))
+    assert (gateway.role, gateway.client, gateway.server) == ("gateway", True, False)
+    ca = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes())
+    for name in ("node-1", "gw-1"):  # signed by the CA
+        leaf = x509.load_pem_x509_certificate((pki_dir / f"{name}.crt").read_bytes())
+        leaf.verify_directly_issued_by(ca)
+    shown = run("ca", "show", str(pki_dir / "node-1.crt"))
+    assert "role:     node" in shown.stdout and "names:    node-1, 10.0.0.2" in shown.stdout
+    missing = run("ca", "issue", "--dir", str(tmp_path / "none"), "--name", "x", "--role", "node")
+    assert missing.stderr == f"podshell: no CA in {tmp_path / 'none'}: run podshell ca init --dir {tmp_path / 'none'}\n"
+    twice = run("ca", "issue", "--dir", str(pki_dir), "--name", "gw-1", "--role", "gateway")
+    assert twice.returncode == 1 and "already exists" in twice.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from podshell import __version__
 from podshell.cli.profile import CLIError
@@ -25,6 +26,48 @@ def _config_check(args: argparse.Namespace) -> int:
         f"{loaded.source}: OK ({len(loaded.config.users)} users, {len(loaded.config.policy)} policy rules, "
         f"{len(loaded.pods)} pods)"
     )
+    return 0
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    from podshell import pki
+
+    try:
+        cert = pki.init(Path(args.dir), args.name, args.days)
+    except (pki.PKIError, OSError) as e:
+        raise CLIError(str(e)) from None
+    print(f"Created the cluster CA: {cert} (key {cert.with_suffix('.key')}, readable by you only).")
+    return 0
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    from podshell import pki
+
+    try:
+        cert, key = pki.issue_for(Path(args.dir), args.name, args.role, args.san or [], args.days)
+    except (pki.PKIError, OSError) as e:
+        raise CLIError(str(e)) from None
+    print(f"Issued {args.role} certificate {cert} (key {key}, readable by you only).")
+    return 0
+
+
+def _ca_show(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from podshell import pki
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(args.certificate).read_bytes())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"cannot read a PEM certificate from {args.certificate}: {e}") from None
+    who = pki.describe(cert)
+    uses = [u for u, on in (("client", who.client), ("server", who.server)) if on]
+    print(f"name:     {who.name}")
+    print(f"role:     {who.role or 'none (not a gateway or node certificate)'}")
+    print(f"names:    {', '.join(who.names) or '-'}")
+    print(f"usage:    {', '.join(uses) or '-'}")
+    print(f"issuer:   {cert.issuer.rfc4514_string()}")
+    print(f"expires:  {who.not_after:%Y-%m-%d %H:%M} UTC")
     return 0
 
 
@@ -147,6 +190,39 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("config", nargs="?", default=None, help="the file (default: the embedded default)")
     check.set_defaults(run=_config_check)
+
+    ca = commands.add_parser(
+        "ca", help="the cluster CA for gateways and node agents",
+        description="The cluster CA: gateways and node agents prove who they are to each other with its certificates.",
+    )  # fmt: skip
+    ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    ca_init = ca_commands.add_parser(
+        "init", help="create the CA (EC P-256; the key is written 0600)",
+        epilog="example: podshell ca init --dir pki", description="Create the cluster CA in a directory.",
+    )  # fmt: skip
+    ca_init.add_argument("--dir", required=True, help="where ca.crt and ca.key go")
+    ca_init.add_argument("--name", default="podshell cluster CA", help="the CA's common name")
+    ca_init.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
+    ca_init.set_defaults(run=_ca_init)
+    ca_issue = ca_commands.add_parser(
+        "issue", help="issue a gateway's or node agent's certificate",
+        description="Issue NAME.crt and NAME.key (0600) signed by the CA in --dir.",
+        epilog="examples:\n  podshell ca issue --dir pki --name gw-1 --role gateway\n"
+        "  podshell ca issue --dir pki --name node-1 --role node --san 10.0.0.2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    ca_issue.add_argument("--dir", required=True, help="the CA's directory; the new files go there too")
+    ca_issue.add_argument("--name", required=True, help="the gateway's or node's name (a node's is also a DNS name)")
+    ca_issue.add_argument("--role", required=True, choices=["gateway", "node"], help="what it may do")
+    ca_issue.add_argument("--san", action="append", metavar="DNS|IP", help="another name or address it serves as")
+    ca_issue.add_argument("--days", type=int, default=825, help="validity (default: 825)")
+    ca_issue.set_defaults(run=_ca_issue)
+    ca_show = ca_commands.add_parser(
+        "show", help="say what a certificate is", description="Show a certificate's name, role, names and expiry.",
+        epilog="example: podshell ca show pki/node-1.crt",
+    )  # fmt: skip
+    ca_show.add_argument("certificate", help="a PEM certificate file")
+    ca_show.set_defaults(run=_ca_show)
 
     pod_commands = [
         (
