@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,8 @@ from pathlib import Path
 import psutil
 
 from tests.conftest import PYTHON, pod
-from tests.podserver import SOURCE_PORT, pattern
-from tests.sshserver import PODSERVER, Client, PodshellServer, free_port, keygen
+from tests.podserver import SOURCE_PORT, download, pattern
+from tests.sshserver import PODSERVER, Client, PodshellServer, free_port, keygen, wait_port
 
 KUBECTL = shutil.which("kubectl.1.33", path=os.path.dirname(os.path.realpath(shutil.which("kubectl") or "kubectl")))
 TOKEN = "bench-token-0123456789abcdef"
@@ -66,7 +65,7 @@ class Sshd:
         self.known_hosts = root / "known_hosts"
         pub = (root / "ssh_host_ed25519_key.pub").read_text().split()[:2]
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(pub)}\n")
-        _wait_port(self.port)
+        wait_port(self.port)
 
     def stop(self) -> None:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
@@ -81,35 +80,13 @@ def _dotfiles() -> list[str]:
     return [str(home / f) for f in (".bashrc", ".bash_profile", ".profile", ".bash_login") if (home / f).is_file()]
 
 
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def download(port: int, n: int, check: bool = False) -> tuple[float, str]:
-    """Seconds to receive n bytes from the source behind C{port} (and their sha256)."""
-    digest = hashlib.sha256()
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        started = time.perf_counter()
-        s.sendall(b"%d\n" % n)
-        got = 0
-        buf = bytearray(1 << 20)
-        while got < n:
-            k = s.recv_into(buf)
-            if not k:
-                break
-            if check:
-                digest.update(memoryview(buf)[:k])
-            got += k
-        elapsed = time.perf_counter() - started
+def timed_download(port: int, n: int) -> float:
+    """Seconds to receive n bytes from the source behind C{port}."""
+    started = time.perf_counter()
+    got, _ = download(port, n, digest=False)
     if got != n:
         raise RuntimeError(f"received {got} of {n} bytes")
-    return elapsed, digest.hexdigest()
+    return time.perf_counter() - started
 
 
 def mb_per_s(n: int, seconds: float) -> float:
@@ -121,7 +98,7 @@ def background(argv: list[str], env: dict[str, str] | None = None, ready: int | 
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if ready is not None:
-            _wait_port(ready)
+            wait_port(ready)
         yield
     finally:
         proc.terminate()
@@ -192,8 +169,8 @@ class Bench:
         argv = client.ssh_argv("default.bench" if client is self.ours else "root", *args, "-N", "-L",
                                f"{port}:{dest}:{SOURCE_PORT}")  # fmt: skip
         with background(argv, ready=port):
-            download(port, 1 << 20)
-            seconds, _ = download(port, self.size)
+            download(port, 1 << 20)  # warm up
+            seconds = timed_download(port, self.size)
         return mb_per_s(self.size, seconds)
 
     def ssh_forward(self) -> None:
@@ -265,7 +242,7 @@ class Bench:
 
     # 4. kubectl port-forward
     def kubectl_forward(self) -> None:
-        raw = mb_per_s(self.size, download(SOURCE_PORT, self.size)[0])  # straight to the host's source
+        raw = mb_per_s(self.size, timed_download(SOURCE_PORT, self.size))  # straight to the host's source
         self.results["raw loopback"] = {"MB/s": raw}
         via_sshd = self.forward(self.theirs, "127.0.0.1", [])
         for transport in ("websocket", "spdy"):
@@ -276,7 +253,7 @@ class Bench:
                 [KUBECTL or "kubectl", "port-forward", "bench", f"{port}:{SOURCE_PORT}"], env=env, ready=port
             ):
                 download(port, 1 << 20)
-                rate = mb_per_s(self.size, download(port, self.size)[0])
+                rate = mb_per_s(self.size, timed_download(port, self.size))
             self.record(f"kubectl port-forward ({transport}) vs ssh -L via sshd", rate, via_sshd, "MB/s", ">=1.0", True)
             self.results[f"kubectl port-forward ({transport}) vs raw loopback"] = {"ratio": round(rate / raw, 3)}
 
@@ -321,7 +298,7 @@ class Bench:
             with background(client.ssh_argv(target, "-N", "-L", f"{port}:{dest}:{SOURCE_PORT}"), ready=port):
                 started = time.perf_counter()
                 with ThreadPoolExecutor(streams) as pool:
-                    results = list(pool.map(lambda _, port=port: download(port, n, check=True), range(streams)))
+                    results = list(pool.map(lambda _, port=port: download(port, n), range(streams)))
                 seconds = time.perf_counter() - started
             lost = sum(1 for _, digest in results if digest != expected)
             if lost:

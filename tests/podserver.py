@@ -6,6 +6,7 @@ STALL_PORT   accepts and never reads (backpressure)
 """
 
 import hashlib
+import socket
 import socketserver
 import threading
 import time
@@ -20,6 +21,19 @@ def pattern(n: int) -> bytes:
         block = hashlib.sha256(block).digest() * 2048
         out += block
     return bytes(out[:n])
+
+
+def download(port: int, n: int, digest: bool = True) -> tuple[int, str]:
+    """The client of a Source (on this host, or forwarded to one): asks for n
+    bytes and reads to EOF; returns the count and their sha256 (or "")."""
+    h, total, buf = hashlib.sha256(), 0, bytearray(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.sendall(b"%d\n" % n)
+        while k := s.recv_into(buf):
+            if digest:
+                h.update(memoryview(buf)[:k])
+            total += k
+    return total, h.hexdigest() if digest else ""
 
 
 class Sink(socketserver.BaseRequestHandler):

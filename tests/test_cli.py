@@ -50,27 +50,26 @@ def test_port_specs_read_like_kubectls():
             parse_ports([bad])
 
 
-def test_pod_table_columns_and_ages():
-    from datetime import UTC, datetime
+def test_pod_table_columns_like_kubectl():
+    from podshell.cli.pods import render
 
-    from podshell.cli.pods import table
-
-    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    pod = {
-        "metadata": {"name": "web-0", "namespace": "team-a", "creationTimestamp": "2026-01-02T01:00:00Z"},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app"}, {"name": "side"}]},
-        "status": {
-            "phase": "Running",
-            "containerStatuses": [
-                {"ready": True, "restartCount": 2, "state": {"running": {}}},
-                {"ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
-            ],
-        },
+    names = [("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1)]
+    table = {
+        "columnDefinitions": [{"name": n, "priority": p} for n, p in names],
+        "rows": [
+            {
+                "cells": ["web-0", "1/2", "CrashLoopBackOff", "3", "124m", "<none>", "node-1"],
+                "object": {"metadata": {"name": "web-0", "namespace": "team-a"}},
+            }
+        ],
     }
-    assert table([pod], True, True, now).splitlines() == [
-        "NAMESPACE   NAME    READY   STATUS             RESTARTS   AGE    NODE     CONTAINERS",
-        "team-a      web-0   1/2     CrashLoopBackOff   3          124m   node-1   app,side",
+    assert render(table, False, False).splitlines() == [
+        "NAME    READY   STATUS             RESTARTS   AGE    NODE",
+        "web-0   1/2     CrashLoopBackOff   3          124m   node-1",
     ]
+    assert render(table, True, True).splitlines()[0].split() == [
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"
+    ]  # fmt: skip
 
 
 def test_cluster_ca_init_issue_and_show(tmp_path):

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import PYTHON, needs_root, pod
-from .podserver import SINK_PORT, SOURCE_PORT, pattern
+from .podserver import SINK_PORT, SOURCE_PORT, download, pattern
 from .sshserver import PODSERVER, PodshellServer, free_port
-from .test_kube_api import download, drive_a_shell, upload
+from .test_kube_api import drive_a_shell, upload
 
 pytestmark = needs_root
 

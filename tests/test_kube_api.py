@@ -23,8 +23,8 @@ from podshell.protocols.spdy import SpdyConnection
 from podshell.tls import StateCA, issue
 
 from .conftest import PYTHON, needs_root, pod
-from .podserver import SINK_PORT, SOURCE_PORT, pattern
-from .sshserver import PodshellServer
+from .podserver import SINK_PORT, SOURCE_PORT, download, pattern
+from .sshserver import PodshellServer, free_port
 from .test_ssh import PODSERVER, Terminal
 
 pytestmark = needs_root
@@ -61,7 +61,7 @@ TOKENS = {"alice": "alice-token-0123456789abcdef", "mallory": "mallory-token-012
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("api")
-    port = _free_port()
+    port = free_port()
     pods = [
         pod(
             "web-0",
@@ -93,12 +93,6 @@ def api(tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kubectl_binary(version: str | None) -> str:
@@ -305,7 +299,7 @@ class PortForward:
     """kubectl port-forward running in the background, with its local ports."""
 
     def __init__(self, api, version: str, transport: str, *remote: int) -> None:
-        self.local = [_free_port() for _ in remote]
+        self.local = [free_port() for _ in remote]
         specs = [f"{lp}:{rp}" for lp, rp in zip(self.local, remote, strict=True)]
         env = {**os.environ, "KUBECONFIG": str(api.root / "alice.kubeconfig"), **transport_env(transport)}
         self.proc = subprocess.Popen(
@@ -323,16 +317,6 @@ class PortForward:
         self.proc.terminate()
         _out, err = self.proc.communicate(timeout=15)
         return err
-
-
-def download(port: int, n: int) -> tuple[int, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(b"%d\n" % n)
-        digest, total = hashlib.sha256(), 0
-        while chunk := s.recv(1 << 16):
-            digest.update(chunk)
-            total += len(chunk)
-    return total, digest.hexdigest()
 
 
 def upload(port: int, data: bytes) -> bytes:

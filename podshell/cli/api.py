@@ -51,62 +51,50 @@ class API:
         host, port = self.profile.host_port
         return [("Host", f"{host}:{port}"), ("Authorization", f"Bearer {self.profile.token}"), *extra]
 
-    def get(self, path: str, query: dict[str, Any] | None = None) -> Any:
+    def get(self, path: str, query: dict[str, Any] | None = None, accept: str = "application/json") -> Any:
         """GET a JSON resource; errors become one line."""
         target = path + ("?" + urlencode(query, doseq=True) if query else "")
         sock = self.connect()
         try:
-            conn = h11.Connection(h11.CLIENT)
-            request = h11.Request(method="GET", target=target, headers=self.headers(("Accept", "application/json")))
-            sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
-            status, body = 0, b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
-        except (OSError, h11.RemoteProtocolError) as e:
-            raise CLIError(f"the connection to {self.profile.server} failed: {e}") from None
+            status, body = self._exchange(sock, "GET", target, [("Accept", accept)])
         finally:
             sock.close()
         if status != 200:
             raise failure(status, body)
         return json.loads(body)
 
-    def upgrade(self, sock: ssl.SSLSocket, request: bytes) -> tuple[int, bytes, bytes]:
-        """Send an upgrade request; the status, the head and what followed it."""
-        sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise CLIError(f"{self.profile.server} closed the connection during the upgrade")
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
+    def upgrade(self, sock: ssl.SSLSocket, target: str, *headers: tuple[str, str]) -> bytes:
+        """POST an upgrade request on C{sock}; returns what followed the 101."""
+        extra = [("Content-Length", "0"), ("Connection", "Upgrade"), *headers]
+        status, rest = self._exchange(sock, "POST", target, extra)
         if status != 101:
-            body = rest
-            length = _content_length(head)
-            while length is not None and len(body) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-            raise failure(status, body)
-        return status, head, rest
+            raise failure(status, rest)
+        return rest
 
-
-def _content_length(head: bytes) -> int | None:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value.strip())
-    return None
+    def _exchange(
+        self, sock: ssl.SSLSocket, method: str, target: str, extra: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
+        """One request and its answer: the status and the body, or, after a
+        101, the bytes that followed it (they belong to the new protocol)."""
+        conn = h11.Connection(h11.CLIENT)
+        request = h11.Request(method=method, target=target, headers=self.headers(*extra))
+        status, body = 0, b""
+        try:
+            sock.sendall(conn.send(request) + conn.send(h11.EndOfMessage()))
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                    return 101, conn.trailing_data[0]
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    return status, body
+        except (OSError, h11.RemoteProtocolError) as e:
+            raise CLIError(f"the connection to {self.profile.server} failed: {e}") from None
 
 
 def failure(status: int, body: bytes) -> CLIError:

@@ -119,14 +119,15 @@ def _get_pods(args: argparse.Namespace) -> int:
     from podshell.cli import pods
 
     path = "/api/v1/pods" if args.all_namespaces else f"/api/v1/namespaces/{args.namespace}/pods"
-    listing = _api(args).get(path)
     if args.output == "json":
-        print(json.dumps(listing, indent=2))
-    elif not listing.get("items"):
+        print(json.dumps(_api(args).get(path), indent=2))
+        return 0
+    table = _api(args).get(path, accept=pods.TABLE)
+    if not table.get("rows"):
         where = "any namespace" if args.all_namespaces else f"namespace {args.namespace}"
         print(f"No pods you may use in {where}.", file=sys.stderr)
     else:
-        sys.stdout.write(pods.table(listing["items"], args.all_namespaces, args.output == "wide"))
+        sys.stdout.write(pods.render(table, args.all_namespaces, args.output == "wide"))
     return 0
 
 

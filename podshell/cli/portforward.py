@@ -97,19 +97,14 @@ class Forwarder:
 
     def _upgrade(self) -> _Session:
         sock = self.api.connect()
-        host, port = self.api.profile.host_port
-        head = [
-            f"POST {pod_path(self.namespace, self.pod, 'portforward')} HTTP/1.1",
-            f"Host: {host}:{port}",
-            f"Authorization: Bearer {self.api.profile.token}",
-            f"User-Agent: podshell/{__version__}",
-            "Content-Length: 0",
-            "Connection: Upgrade",
-            "Upgrade: SPDY/3.1",
-            f"X-Stream-Protocol-Version: {rc.PORT_FORWARD}",
-        ]
         try:
-            _status, _head, rest = self.api.upgrade(sock, ("\r\n".join(head) + "\r\n\r\n").encode())
+            rest = self.api.upgrade(
+                sock,
+                pod_path(self.namespace, self.pod, "portforward"),
+                ("User-Agent", f"podshell/{__version__}"),
+                ("Upgrade", "SPDY/3.1"),
+                ("X-Stream-Protocol-Version", rc.PORT_FORWARD),
+            )
         except BaseException:
             sock.close()
             raise

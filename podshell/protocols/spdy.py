@@ -174,7 +174,7 @@ class SpdyConnection:
         self._streams: dict[int, _Stream] = {}
         self._buffer = bytearray()
         self._frame: _Frame | None = None
-        self._out = bytearray()
+        self._out: list[bytes | memoryview] = []  # joined once per data_to_send
         self._deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
         self._inflate = zlib.decompressobj(zdict=DICTIONARY)
         self.closed = False  # after a fatal error or a GOAWAY either way
@@ -182,7 +182,7 @@ class SpdyConnection:
 
     # Output.
     def data_to_send(self) -> bytes:
-        out = bytes(self._out)
+        out = b"".join(self._out)
         self._out.clear()
         return out
 
@@ -216,7 +216,7 @@ class SpdyConnection:
             self._local_close(stream_id)
 
     def reset(self, stream_id: int, status: int = Status.CANCEL) -> None:
-        self._out += struct.pack(">HHBBHII", 0x8000 | VERSION, FrameType.RST_STREAM, 0, 0, 8, stream_id, status)
+        self._out.append(struct.pack(">HHBBHII", 0x8000 | VERSION, FrameType.RST_STREAM, 0, 0, 8, stream_id, status))
         self._streams.pop(stream_id, None)
 
     def ping(self) -> int:
@@ -234,11 +234,11 @@ class SpdyConnection:
         return stream_id in self._streams
 
     def _data_frame(self, stream_id: int, flags: int, payload: memoryview | bytes) -> None:
-        self._out += struct.pack(">IB", stream_id & 0x7FFFFFFF, flags) + len(payload).to_bytes(3, "big")
-        self._out += payload
+        self._out.append(struct.pack(">IB", stream_id & 0x7FFFFFFF, flags) + len(payload).to_bytes(3, "big"))
+        self._out.append(payload)  # a view of the caller's bytes: copied once, by the join
 
     def _control(self, kind: int, flags: int, payload: bytes) -> None:
-        self._out += struct.pack(">HHB", 0x8000 | VERSION, kind, flags) + len(payload).to_bytes(3, "big") + payload
+        self._out.append(struct.pack(">HHB", 0x8000 | VERSION, kind, flags) + len(payload).to_bytes(3, "big") + payload)
 
     def _compress(self, headers: Headers) -> bytes:
         raw = bytearray(struct.pack(">I", len(headers)))
@@ -306,7 +306,8 @@ class SpdyConnection:
                 take = min(len(self._buffer), frame.length)
                 if not take:
                     return
-                chunk = bytes(self._buffer[:take])
+                with memoryview(self._buffer) as view:
+                    chunk = bytes(view[:take])  # one copy, not two
                 del self._buffer[:take]
                 frame.length -= take
                 last = frame.length == 0

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from podshell import __version__
-from podshell.kubetime import age
 from podshell.node.runtime.local import LocalContainer, LocalPod, State
 
 KUBE_VERSION = {"major": "1", "minor": "32"}
@@ -164,6 +163,27 @@ def status(code: int, reason: str, message: str, details: dict[str, Any] | None 
     return body
 
 
+def _age(since: datetime | None, now: datetime) -> str:
+    """Kubernetes' short durations: 42s, 5m10s, 3h4m, 2d3h, 400d."""
+    if since is None:
+        return "<unknown>"
+    seconds = max(0, int((now - since).total_seconds()))
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if seconds < 120:
+        return f"{seconds}s"
+    if minutes < 10:
+        return f"{minutes}m{seconds % 60}s" if seconds % 60 else f"{minutes}m"
+    if hours < 3:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if days < 2:
+        return f"{hours}h"
+    if days < 8:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    return f"{days}d"
+
+
 def pod_status_word(pod: LocalPod) -> str:
     """The STATUS column of kubectl get pods: a waiting or terminated reason
     when a container has one, else the phase."""
@@ -180,7 +200,7 @@ def pod_row(pod: LocalPod, node: str, now: datetime) -> list[Any]:
     ready = sum(1 for c in pod.containers.values() if c.state.kind == "running")
     restarts = sum(c.restart_count for c in pod.containers.values())
     return [pod.name, f"{ready}/{len(pod.containers)}", pod_status_word(pod), str(restarts),
-            age(pod.created, now), "<none>", node, "<none>", "<none>"]  # fmt: skip
+            _age(pod.created, now), "<none>", node, "<none>", "<none>"]  # fmt: skip
 
 
 _COLUMNS = [

@@ -43,15 +43,16 @@ class GCM:
         self.counter = (self.counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, payload: bytes) -> bytes:
-        """A whole packet (length, sealed body, tag) for C{payload}."""
+    def seal(self, payload: bytes) -> tuple[bytes, bytes]:
+        """A whole packet for C{payload}: its length, then the sealed body and
+        tag (two pieces, so the transport need not copy them together)."""
         padding = 16 - (1 + len(payload)) % 16
         if padding < 4:
             padding += 16
         # Encrypted and authenticated, the padding need not be random.
         body = bytes((padding,)) + payload + bytes(padding)
         length = struct.pack(">L", len(body))
-        return length + self.aead.encrypt(self._nonce(), body, length)
+        return length, self.aead.encrypt(self._nonce(), body, length)
 
     def open(self, length: bytes, sealed: bytes) -> bytes:
         """The payload of a packet (raises L{InvalidTag} or ValueError)."""
@@ -114,7 +115,7 @@ class GCMTransportMixin:
         if t.outgoingCompression:
             data = t.outgoingCompression.compress(data) + t.outgoingCompression.flush(2)
         assert t.transport is not None
-        t.transport.write(gcm.seal(data))
+        t.transport.writeSequence(gcm.seal(data))
         t.outgoingPacketSequence += 1
 
     def getPacket(self) -> bytes | None:
