@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 
@@ -31,5 +33,20 @@ def set_no_delay(transport: object) -> None:
     while transport is not None:
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
+            return
+        transport = getattr(transport, "transport", None)
+
+
+def set_keepalive(transport: object, idle: int = 5, interval: int = 2, count: int = 3) -> None:
+    """TCP keepalive probes after C{idle} seconds of silence, so a peer that
+    vanished without a FIN is noticed in about C{idle + interval * count}
+    seconds, not the kernel's two hours."""
+    while transport is not None:
+        sock = getattr(transport, "socket", None)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
             return
         transport = getattr(transport, "transport", None)

@@ -111,7 +111,56 @@ class AuditConfig(StrictModel):
     path: str | None = None
 
 
+class TLSFiles(StrictModel):
+    """This server's identity in the cluster PKI (C{podshell ca issue})."""
+
+    ca: str
+    cert: str
+    key: str
+
+
+class NodeAgent(StrictModel):
+    """A node agent's own name and its mutual-TLS listener for gateways."""
+
+    name: str = Field(pattern=_NAME)
+    listen: str = Field(min_length=1, description="a Twisted endpoint string; always TLS, always mutual")
+
+    @field_validator("listen")
+    @classmethod
+    def _tcp(cls, v: str) -> str:
+        if not v.startswith("tcp:"):
+            raise ValueError("a node agent listens on tcp:PORT[:interface=ADDRESS]; it adds mutual TLS itself")
+        return v
+
+
+class NodeAddress(StrictModel):
+    """A node agent a gateway routes to."""
+
+    name: str = Field(pattern=_NAME)
+    address: str = Field(description="HOST:PORT; the node's certificate must name HOST")
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not HOST:PORT (e.g. 10.0.0.2:10250)")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+
+Role = Literal["all", "gateway", "node"]
+
+
 class Config(StrictModel):
+    role: Role = Field(default="all", description="all: one process; gateway: front doors; node: pods")
     state_dir: str = "./podshell-state"
     ssh: SSHConfig = SSHConfig()
     api: APIConfig | None = None
@@ -119,6 +168,35 @@ class Config(StrictModel):
     policy: list[Rule] = []
     runtime: RuntimeConfig = RuntimeConfig()
     audit: AuditConfig = AuditConfig()
+    tls: TLSFiles | None = None
+    node: NodeAgent | None = None
+    nodes: list[NodeAddress] = []
+    refresh: float = Field(default=2.0, gt=0, le=60, description="seconds between a gateway's pod listings")
+
+    @model_validator(mode="after")
+    def _roles(self) -> Config:
+        given = self.model_fields_set
+        if self.role != "all" and self.tls is None:
+            raise ValueError(f"tls: a {self.role} needs its cluster certificate (ca, cert, key)")
+        if self.role == "node":
+            if self.node is None:
+                raise ValueError("node: a node agent needs node: {name: ..., listen: ...}")
+            for door in ("ssh", "api", "users", "policy", "nodes"):
+                if door in given:
+                    raise ValueError(f"{door}: a node agent has no front doors; gateways hold {door}")
+        elif "node" in given and self.role == "gateway":
+            raise ValueError("node: a gateway runs no pods; give nodes: [{name, address}] instead")
+        if self.role == "gateway":
+            if not self.nodes:
+                raise ValueError("nodes: a gateway needs at least one node agent to route to")
+            if "runtime" in given:
+                raise ValueError("runtime: a gateway runs no pods; node agents do")
+        elif self.nodes:
+            raise ValueError(f"nodes: only a gateway routes to node agents (role is {self.role})")
+        names = [n.name for n in self.nodes]
+        if len(names) != len(set(names)):
+            raise ValueError("nodes: two nodes have the same name")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

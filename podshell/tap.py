@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -28,12 +29,17 @@ from podshell.addresses import host_port
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Directory
 from podshell.auth.policy import Policy
+from podshell.cluster import Cluster, Node
 from podshell.config import Config, load_config, resolve_path
 from podshell.defaults import EMBEDDED_STATE, embedded_config
 from podshell.gateway.access import Gate
-from podshell.gateway.api.front import APIFactory
+from podshell.gateway.api.front import APIFactory, by_credentials
 from podshell.gateway.api.server import KubeAPI
+from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.ssh.server import make_factory
+from podshell.mtls import ClusterIdentity, NodeServerTLS
+from podshell.node.agent import TrustGateway, gateway_requests
+from podshell.node.inprocess import LocalNode
 from podshell.node.runtime.local import LocalRuntime, privilege_problem
 from podshell.node.runtime.manifest import Pod, load_pods
 from podshell.node.spawner import Spawner
@@ -54,6 +60,7 @@ class Loaded:
     policy: Policy
     pods: list[Pod]
     embedded: bool = False
+    identity: ClusterIdentity | None = None  # in the cluster PKI (gateway, node)
 
 
 def load(config_file: str | None) -> Loaded:
@@ -74,6 +81,14 @@ def load(config_file: str | None) -> Loaded:
     pods: list[Pod] = []
     if config.runtime.pods:
         pods = load_pods(resolve_path(base, config.runtime.pods))
+    identity = None
+    if config.tls is not None and config.role != "all":
+        tls = config.tls
+        paths = (resolve_path(base, tls.ca), resolve_path(base, tls.cert), resolve_path(base, tls.key))
+        try:
+            identity = ClusterIdentity.load(*paths, role=config.role)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return Loaded(
         config,
         source,
@@ -82,6 +97,7 @@ def load(config_file: str | None) -> Loaded:
         Policy(config.policy),
         pods,
         config_file is None,
+        identity,
     )
 
 
@@ -107,7 +123,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.loaded = load(self["config"])
-            problem = privilege_problem() if self.loaded.config.runtime.kind == "local" else None
+            problem = privilege_problem() if self.loaded.config.role != "gateway" else None
             if problem:
                 raise ConfigError(problem)
             prepare_state_dir(self.loaded.state_dir)
@@ -154,11 +170,11 @@ class Listening(Service):
         return self.port.stopListening() if self.port is not None else None
 
 
-def _how_to_get_in(loaded: Loaded, runtime: LocalRuntime) -> Callable[[str], None]:
+def _how_to_get_in(cluster: Cluster) -> Callable[[str], None]:
     def announce(address: str) -> None:
         host, _, port = address.rpartition(":")
-        pods = runtime.pods()
-        example = f"{pods[0].namespace}.{pods[0].name}" if pods else "NAMESPACE.POD"
+        pods = [p["metadata"] for p in cluster.pods()]
+        example = f"{pods[0]['namespace']}.{pods[0]['name']}" if pods else "NAMESPACE.POD"
         log.info(
             "get in: ssh -p {port} {example}@{host}   (the user name is the target: NAMESPACE.POD[.CONTAINER])",
             port=port,
@@ -195,18 +211,59 @@ def makeService(options: Options) -> MultiService:
     loaded: Loaded = options.loaded
     config = loaded.config
     top = MultiService()
-    spawner = Spawner(reactor)
-    runtime = LocalRuntime(reactor, spawner, loaded.pods, config.runtime.backoff)
     audit_path = (
         resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
     )
-    gate = Gate(runtime, loaded.policy, AuditLog(audit_path))
-    ssh = make_factory(config.ssh, loaded.state_dir, loaded.directory, gate, spawner)
-    # Listeners first: if a port is taken, stop before any pod starts.
-    Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(loaded, runtime)).setServiceParent(top)
+    audit = AuditLog(audit_path)
+    nodes: list[Node] = []
+    runtime: LocalRuntime | None = None
+    if config.role in ("all", "node"):
+        spawner = Spawner(reactor)
+        runtime = LocalRuntime(reactor, spawner, loaded.pods, config.runtime.backoff)
+        nodes.append(LocalNode(config.node.name if config.node else "podshell", runtime, spawner))
+    if config.role == "gateway":
+        assert loaded.identity is not None
+        for address in config.nodes:
+            remote = RemoteNode(reactor, address, loaded.identity, config.refresh)
+            TimerService(config.refresh, remote.refresh).setServiceParent(top)
+            nodes.append(remote)
+    cluster = Cluster(nodes)
+    if config.role == "node":
+        _node_agent(reactor, loaded, cluster, audit).setServiceParent(top)
+    else:
+        _front_doors(reactor, loaded, cluster, audit).setServiceParent(top)
+    if runtime is not None:
+        runtime.setServiceParent(top)
+    log.info(
+        "{what} starting from {source}: {n} pods, state in {state}, audit log {audit}",
+        what={"all": "podshell", "gateway": "podshell gateway", "node": "podshell node agent"}[config.role],
+        source=loaded.source,
+        n=len(loaded.pods),
+        state=str(loaded.state_dir),
+        audit=str(audit_path),
+    )
+    return top
+
+
+def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> Service:
+    """The node agent's one listener: mutual TLS, gateways only, no front door."""
+    assert loaded.identity is not None and loaded.config.node is not None
+    api = KubeAPI(Gate(cluster, TrustGateway(), audit), cluster, reactor, agent=True)
+    factory = TLSMemoryBIOFactory(NodeServerTLS(loaded.identity), False, APIFactory(api.route, gateway_requests()))
+    return Listening(reactor, loaded.config.node.listen, "node agent", factory, lambda address: None)
+
+
+def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> MultiService:
+    """SSH and the Kubernetes API, in front of the cluster's nodes.
+    Listeners come first: if a port is taken, stop before any pod starts."""
+    config = loaded.config
+    doors = MultiService()
+    gate = Gate(cluster, loaded.policy, audit)
+    ssh = make_factory(config.ssh, loaded.state_dir, loaded.directory, gate, cluster)
+    Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster)).setServiceParent(doors)
     if config.api is not None:
-        api = KubeAPI(gate, runtime, spawner, reactor)
-        factory: IProtocolFactory = APIFactory(api.route, loaded.directory)
+        api = KubeAPI(gate, cluster, reactor)
+        factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory))
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"
         ca = StateCA(loaded.state_dir)
@@ -215,13 +272,5 @@ def makeService(options: Options) -> MultiService:
             factory = TLSMemoryBIOFactory(ca.server_options(_server_names(description)), False, factory)
             description = "tcp:" + description[len("ssl:") :]
         announce = _kubeconfig_writer(loaded, ca, scheme) if loaded.embedded else (lambda address: None)
-        Listening(reactor, description, "Kubernetes API", factory, announce).setServiceParent(top)
-    runtime.setServiceParent(top)
-    log.info(
-        "podshell starting from {source}: {n} pods, state in {state}, audit log {audit}",
-        source=loaded.source,
-        n=len(loaded.pods),
-        state=str(loaded.state_dir),
-        audit=str(audit_path),
-    )
-    return top
+        Listening(reactor, description, "Kubernetes API", factory, announce).setServiceParent(doors)
+    return doors

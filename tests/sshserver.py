@@ -97,9 +97,10 @@ class PodshellServer:
 class Client:
     """Stock OpenSSH with a private config: no system ssh_config, no agent."""
 
-    def __init__(self, server: PodshellServer, key: Path) -> None:
+    def __init__(self, server: PodshellServer, key: Path, prefix: list[str] | None = None) -> None:
         self.server = server
         self.key = key
+        self.prefix = prefix or []  # e.g. ip netns exec HOST: the client runs on another host
 
     def options(self) -> list[str]:
         return [
@@ -116,7 +117,7 @@ class Client:
 
     def ssh_argv(self, target: str, *args: str) -> list[str]:
         # Options given first win in OpenSSH: the test's own come before the defaults.
-        return ["ssh", *args, *self.options(), "-p", str(self.server.port), f"{target}@127.0.0.1"]
+        return [*self.prefix, "ssh", *args, *self.options(), "-p", str(self.server.port), f"{target}@127.0.0.1"]
 
     def ssh(self, target: str, command: str | None = None, *args: str, **kw) -> subprocess.CompletedProcess:
         argv = self.ssh_argv(target, *args) + ([command] if command is not None else [])

@@ -77,7 +77,7 @@ BAD = [
     ("state_dir: [1\n", None, "podshell.yaml:2:1: invalid YAML"),
     ("users: []\nusers: []\n", None, "podshell.yaml:2:1: invalid YAML: duplicate key 'users'"),
     ("- a\n- b\n", None, "podshell.yaml: expected a mapping at the top level, found list"),
-    ("statedir: x\n", None, "podshell.yaml: statedir: unknown key (expected one of: state_dir, ssh, api, users"),
+    ("statedir: x\n", None, "podshell.yaml: statedir: unknown key (expected one of: role, state_dir, ssh, api, users"),
     (
         replace("groups: [dev]", "groups: [dev]\n    sshkeys: []"),
         None,

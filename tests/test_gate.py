@@ -10,8 +10,10 @@ import pytest_twisted
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy
+from podshell.cluster import Cluster
 from podshell.config import Rule
 from podshell.gateway.access import Denied, Gate
+from podshell.node.inprocess import LocalNode
 
 from .conftest import needs_root, pod, wait_for
 
@@ -33,7 +35,7 @@ PODS = [
 
 
 @pytest_twisted.async_yield_fixture
-async def gate(start_pods, tmp_path):
+async def gate(start_pods, spawner, tmp_path):
     runtime = await start_pods(PODS)
     await wait_for(lambda: runtime.pod("team-a", "broken").phase == "Failed")
     policy = Policy(
@@ -42,7 +44,7 @@ async def gate(start_pods, tmp_path):
         ]
     )
     audit = AuditLog(tmp_path / "audit.jsonl")
-    yield Gate(runtime, policy, audit)
+    yield Gate(Cluster([LocalNode("podshell", runtime, spawner)]), policy, audit)
     audit.close()
 
 
@@ -99,4 +101,4 @@ def test_denials_are_clear_and_audited(gate, who, verb, target, message):
 def test_port_forward_is_pod_wide(gate):
     granted = gate.enter(ALICE, "port-forward", "team-a/web-0", "127.0.0.1:1", "api")
     assert records(gate)[0]["target"] == "team-a/web-0"
-    assert granted.handle.sandbox.pid > 0
+    assert (granted.handle.pod, granted.handle.node) == ("web-0", "podshell")

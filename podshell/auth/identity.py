@@ -28,6 +28,15 @@ class Identity:
         return frozenset({f"user:{self.name}", "*"} | {f"group:{g}" for g in self.groups})
 
 
+@dataclass(frozen=True)
+class OnBehalf(Identity):
+    """A person a gateway vouches for, as a node agent sees them: the gateway
+    authenticated and authorized them, and says who they are and from where."""
+
+    gateway: str = ""
+    source: str = ""
+
+
 def parse_public_key(line: str) -> Key:
     """An OpenSSH public key line, options prefix (C{from="..." ssh-ed25519
     AAAA... comment}) allowed."""

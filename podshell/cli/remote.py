@@ -108,7 +108,7 @@ class _Session:
         self.ws = ws
         self.stdin = stdin
         self.tty = tty
-        self.status: dict | None = None
+        self.status: bytes | None = None
         self.out = {rc.STDOUT: sys.stdout.buffer, rc.STDERR: sys.stderr.buffer}
 
     def loop(self) -> int:
@@ -171,10 +171,7 @@ class _Session:
             stream.write(data)
             stream.flush()
         elif channel == rc.ERROR and data:
-            try:
-                self.status = json.loads(data)
-            except ValueError:
-                self.status = {"status": "Failure", "message": data.decode(errors="replace")}
+            self.status = data
 
     def _send(self, channel: int, data: bytes) -> None:
         message = channels.encode(channel, data, b64=False)
@@ -186,12 +183,9 @@ class _Session:
         self._send(rc.RESIZE, json.dumps({"Width": cols, "Height": rows}).encode())
 
     def _exit_code(self) -> int:
-        status = self.status
-        if status is None:
+        if self.status is None:
             raise CLIError("the connection to the server ended before the command did")
-        if status.get("status") == "Success":
-            return 0
-        for cause in (status.get("details") or {}).get("causes") or []:
-            if cause.get("reason") == "ExitCode":
-                return int(cause.get("message", 1))
-        raise CLIError(status.get("message") or "the command failed")
+        try:
+            return rc.exit_code(rc.exit_status(self.status))
+        except rc.RemoteFailure as e:
+            raise CLIError(str(e)) from None

@@ -7,18 +7,18 @@ on them, so the gate does not reveal which pods exist to everyone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 from podshell.addresses import ip_of
-from podshell.auth.audit import AuditedSession, AuditLog, Request
+from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
-from podshell.auth.policy import Policy
+from podshell.auth.policy import Decision
+from podshell.cluster import Grant, Placement
 from podshell.config import VERBS
-from podshell.node.runtime.base import ContainerHandle
 from podshell.target import (
     ContainerNotRunning,
     InvalidTarget,
+    NoSuchContainer,
     NoSuchPod,
     Target,
     TargetError,
@@ -30,7 +30,25 @@ from podshell.target import (
 class Runtime(Protocol):
     def container_names(self, namespace: str, name: str) -> list[str] | None: ...
 
-    def resolve(self, namespace: str, pod: str, container: str | None = None) -> ContainerHandle: ...
+    def resolve(self, namespace: str, pod: str, container: str | None = None) -> Placement: ...
+
+    def unreachable(self) -> list[str]: ...
+
+
+class Decider(Protocol):
+    """The policy (a gateway's rules, or a node agent's trust in its gateway)."""
+
+    def decide(
+        self,
+        identity: Identity,
+        verb: str,
+        namespace: str,
+        pod: str,
+        container: str | None = None,
+        source: str | None = None,
+    ) -> Decision: ...
+
+    def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str: ...
 
 
 class Denied(Exception):
@@ -44,14 +62,8 @@ class Denied(Exception):
         self.kind = kind
 
 
-@dataclass(frozen=True)
-class Granted:
-    handle: ContainerHandle
-    session: AuditedSession
-
-
 class Gate:
-    def __init__(self, runtime: Runtime, policy: Policy, audit: AuditLog) -> None:
+    def __init__(self, runtime: Runtime, policy: Decider, audit: AuditLog) -> None:
         self.runtime = runtime
         self.policy = policy
         self.audit = audit
@@ -87,7 +99,7 @@ class Gate:
             if not any(allowed(t.namespace, t.pod, None) for t in options):
                 last = options[-1]
                 raise self._deny(request, str(e), refusal(last.namespace, last.pod, None)) from None
-            raise self._deny(request, str(e), str(e), _kind(e)) from None
+            raise self._deny(request, str(e), self._explained(e), _kind(e)) from None
         if verb is None and not allowed(target.namespace, target.pod, target.container):
             raise self._deny(request, "no verb allowed", refusal(target.namespace, target.pod, target.container))
         return target
@@ -100,7 +112,7 @@ class Gate:
         peer: str,
         via: str,
         command: list[str] | None = None,
-    ) -> Granted:
+    ) -> Grant:
         """Check C{identity} may C{verb} in C{target} and open an audited session.
 
         @param peer: C{host:port} of the client.
@@ -116,7 +128,7 @@ class Gate:
             if not self.policy.decide(identity, verb, wanted.namespace, wanted.pod, None, source):
                 message = self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
                 raise self._deny(request, str(e), message) from None
-            raise self._deny(request, str(e), str(e), _kind(e)) from None
+            raise self._deny(request, str(e), self._explained(e), _kind(e)) from None
         container = None if pod_wide else handle.container
         target_text = f"{handle.namespace}/{handle.pod}" if pod_wide else handle.path
         request = Request(identity, peer, via, verb, target_text, command)
@@ -124,7 +136,13 @@ class Gate:
         if not decision:
             message = self.policy.message(identity, verb, handle.namespace, handle.pod, container)
             raise self._deny(request, decision.reason, message)
-        return Granted(handle, self.audit.session(request))
+        return Grant(handle, self.audit.session(request))
+
+    def _explained(self, error: TargetError) -> str:
+        """A pod not found may be on a node we cannot reach now: say so."""
+        found = isinstance(error, NoSuchContainer | ContainerNotRunning)
+        down = [] if found else self.runtime.unreachable()
+        return "; ".join([str(error), *down])
 
 
 def _kind(error: TargetError) -> str:

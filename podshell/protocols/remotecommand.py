@@ -23,9 +23,20 @@ SPDY_TUNNEL = "SPDY/3.1+portforward.k8s.io"  # SPDY carried in WebSocket (kubect
 WEBSOCKET_EXEC = [V5, V4, V4_B64, V1, B64]
 SPDY_EXEC = [V4, V3, V2, V1]
 WEBSOCKET_PORT_FORWARD = [SPDY_TUNNEL, V4, V4_B64]
+# Between a gateway and a node agent only.  PROCESS is v5 plus a signal
+# channel and the signal in the final status (what SSH needs); PORT forwards
+# one port with a "connected" notice and half-close in both directions.
+PROCESS = "v1.process.podshell.io"
+PORT = "v1.port.podshell.io"
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
+SIGNAL = 6  # PROCESS: a signal name for the command
 CLOSE = 255
+PORT_DATA, PORT_ERROR = 0, 1  # PORT: an empty PORT_ERROR message means connected
+
+
+class RemoteFailure(Exception):
+    """A Status that is not an exit: the message is for the user."""
 
 
 def flag(values: list[str] | None) -> bool:
@@ -63,7 +74,7 @@ def choose(offered: list[str], supported: list[str]) -> str | None:
 
 def has_status(protocol: str) -> bool:
     """v4 and later carry a JSON Status with the exit code; earlier ones only text."""
-    return protocol in (V5, V4, V4_B64)
+    return protocol in (V5, V4, V4_B64, PROCESS)
 
 
 def exit_code(status: ExitStatus) -> int:
@@ -87,7 +98,32 @@ def final_status(status: ExitStatus, command: list[str], protocol: str) -> bytes
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
     }
+    if status.signal and protocol == PROCESS:
+        body["details"]["causes"].append({"reason": "ExitSignal", "message": status.signal})  # type: ignore[index]
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def exit_status(payload: bytes) -> ExitStatus:
+    """How a command ended, from the final Status on the error channel.
+
+    @raise RemoteFailure: the Status says the command could not run.
+    """
+    try:
+        status = json.loads(payload)
+    except ValueError:
+        raise RemoteFailure(payload.decode(errors="replace")) from None
+    if not isinstance(status, dict):
+        raise RemoteFailure("the server sent a malformed status")
+    if status.get("status") == "Success":
+        return ExitStatus(0)
+    causes = (status.get("details") or {}).get("causes") or []
+    found = {c.get("reason"): c.get("message") for c in causes if isinstance(c, dict)}
+    if found.get("ExitSignal"):
+        return ExitStatus(signal=str(found["ExitSignal"]))
+    code = found.get("ExitCode")
+    if isinstance(code, str) and code.isdigit():
+        return ExitStatus(int(code))
+    raise RemoteFailure(str(status.get("message") or "the command failed"))
 
 
 def internal_error(message: str, protocol: str) -> bytes:

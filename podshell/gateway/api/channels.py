@@ -19,7 +19,7 @@ log = Logger()
 
 class ChannelCommand:
     """exec or attach: channel 0 stdin, 1 stdout, 2 stderr, 3 status,
-    4 resize, and (v5) 255 to close a stream."""
+    4 resize, (v5) 255 to close a stream, and (gateway to node) 6 to signal."""
 
     def __init__(
         self, protocol: str, options: StreamOptions, audit: AuditedSession, command: list[str] | None, start: Start
@@ -46,7 +46,9 @@ class ChannelCommand:
                 self.session.stdin(data)
             elif channel == rc.RESIZE:
                 self.session.resize(data)
-            elif channel == rc.CLOSE and self.protocol == rc.V5:
+            elif channel == rc.SIGNAL and self.protocol == rc.PROCESS:
+                self.session.signal(data.decode("ascii", errors="replace"))
+            elif channel == rc.CLOSE and self.protocol in (rc.V5, rc.PROCESS):
                 if len(data) != 1 or data[0] > rc.RESIZE:
                     raise ValueError("bad close message")
                 if data[0] == rc.STDIN:
@@ -157,3 +159,77 @@ class _PortRelay:
 
     def backendEnded(self) -> None:
         self.forward.port_done(self.index)
+
+
+class ChannelPort:
+    """One port for a gateway (L{rc.PORT}): an empty error message once
+    connected, or the error; then data both ways, and C{CLOSE} with the data
+    channel when a side will send no more (TCP half-close, carried)."""
+
+    def __init__(self, port: int, connect: Connect, audit: AuditedSession) -> None:
+        self.port = port
+        self.connect = connect
+        self.audit = audit
+        self.backend: Backend | None = None
+        self.pending: list[bytes] | None = []
+        self.client_done = False
+        self.ws: WebSocketEndpoint | None = None
+
+    def opened(self, ws: WebSocketEndpoint) -> None:
+        self.ws = ws
+        d = open_backend(self.connect, self.port, self, Valve(ws.tcp), "port")
+        d.addCallbacks(self._connected, self._failed)
+
+    def _connected(self, backend: Backend) -> None:
+        if self.ws is None:
+            backend.tcp.loseConnection()
+            return
+        self.backend = backend
+        backend.on_closed = lambda: self.ws.close(1000) if self.ws is not None else None
+        self.ws.tcp.registerProducer(backend.tcp, True)
+        self.send(rc.PORT_ERROR, b"")
+        for data in self.pending or ():
+            backend.write(data)
+        self.pending = None
+        if self.client_done:
+            backend.halfClose()
+
+    def _failed(self, failure: Failure) -> None:
+        self.audit.end(f"failed: {failure.getErrorMessage()}")
+        self.send(rc.PORT_ERROR, failure.getErrorMessage().encode())  # the gateway words it
+        if self.ws is not None:
+            self.ws.close(1000)
+
+    def messageReceived(self, payload: bytes, text: bool) -> None:
+        try:
+            channel, data = channels.decode(payload, False)
+        except ValueError as e:
+            assert self.ws is not None
+            self.ws.close(1007, str(e))
+            return
+        if channel == rc.PORT_DATA and not self.client_done:
+            if self.pending is not None:
+                self.pending.append(data)
+            elif self.backend is not None:
+                self.backend.write(data)
+        elif channel == rc.CLOSE and data == bytes((rc.PORT_DATA,)):
+            self.client_done = True
+            if self.backend is not None and self.pending is None:
+                self.backend.halfClose()
+
+    def closed(self) -> None:
+        self.ws = None
+        if self.backend is not None:
+            self.backend.tcp.loseConnection()
+            self.audit.end("closed", self.backend.bytes_in, self.backend.bytes_out)
+
+    def send(self, channel: int, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.send(channels.encode(channel, data, False))
+
+    # Relay: from the pod.
+    def backendData(self, data: bytes) -> None:
+        self.send(rc.PORT_DATA, data)
+
+    def backendEnded(self) -> None:
+        self.send(rc.CLOSE, bytes((rc.PORT_DATA,)))

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from podshell.auth.audit import AuditedSession
+from podshell.cluster import Process
 from podshell.flow import Pausable, Valve
-from podshell.node.spawner import ExitStatus, ProcessSink, WindowSize
+from podshell.node.spawner import ExitStatus, ProcessSink
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
 
@@ -23,34 +24,11 @@ class Output(Protocol):
         """Everything has been sent: end the streams, then the connection."""
 
 
-class Target(Protocol):
-    """A process (exec) or a container's attached stdio (attach)."""
-
-    bytes_in: int
-    bytes_out: int
-
-    def write(self, data: bytes) -> None: ...
-
-    def closeStdin(self) -> None: ...
-
-    def resize(self, size: WindowSize) -> None: ...
-
-    def hangup(self) -> object: ...
-
-    def registerProducer(self, producer: object, streaming: bool) -> None: ...
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def stopProducing(self) -> None: ...
-
-
 class Sink(Protocol):
     def registerProducer(self, producer: Pausable, streaming: bool) -> None: ...
 
 
-Start = Callable[[ProcessSink], Target]
+Start = Callable[[ProcessSink], Process]
 
 
 class CommandSession:
@@ -65,7 +43,7 @@ class CommandSession:
         self.options = options
         self.audit = audit
         self.command = command  # None for attach
-        self.target: Target | None = None
+        self.target: Process | None = None
         self.resizes = rc.ResizeDecoder()
         self.ended = False
 
@@ -85,6 +63,11 @@ class CommandSession:
     def stdin_closed(self) -> None:
         if self.target is not None and not self.ended:
             self.target.closeStdin()
+
+    def signal(self, name: str) -> None:
+        """Raises ValueError for a name that is not a signal."""
+        if self.target is not None and not self.ended:
+            self.target.signal(name)
 
     def resize(self, data: bytes) -> None:
         """Raises ValueError for a message that is not a window size."""

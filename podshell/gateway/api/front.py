@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from podshell.addresses import host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
+from podshell.cluster import Upgrade
 from podshell.gateway.api import objects
 
 log = Logger()
@@ -79,14 +80,39 @@ class Request:
 
 
 # A handler answers a request with JSON, or takes the connection over.
-Upgrade = Callable[[ITransport, bytes], IProtocol]
 Handler = Callable[[Request], "tuple[int, Any] | Upgrade"]
 
 
+# Who sent a request (raises HTTPError 401).
+Authenticate = Callable[[h11.Request, ITransport], Identity]
+
+
+def by_credentials(directory: Directory) -> Authenticate:
+    """Users of the front door: a bearer token, or a client certificate."""
+
+    def authenticate(event: h11.Request, transport: ITransport) -> Identity:
+        for name, value in event.headers:
+            if name.lower() == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    identity = directory.by_token(token.strip())
+                    if identity is not None:
+                        return identity
+                raise HTTPError(401, "Unauthorized", "Unauthorized: the bearer token is not valid")
+        cert = getattr(transport, "getPeerCertificate", lambda: None)()
+        if cert is not None:
+            identity = directory.by_certificate(cert.to_cryptography())
+            if identity is not None:
+                return identity
+        raise HTTPError(401, "Unauthorized", "Unauthorized: give a bearer token or a client certificate")
+
+    return authenticate
+
+
 class APIProtocol(Protocol):
-    def __init__(self, route: Callable[[str, str], Handler | None], directory: Directory) -> None:
+    def __init__(self, route: Callable[[str, str], Handler | None], authenticate: Authenticate) -> None:
         self.route = route
-        self.directory = directory
+        self.authenticate = authenticate
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.next: IProtocol | None = None
         self._request: h11.Request | None = None
@@ -134,26 +160,10 @@ class APIProtocol(Protocol):
                 self.transport.loseConnection()
                 return
 
-    def _identity(self, event: h11.Request) -> Identity:
-        for name, value in event.headers:
-            if name.lower() == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    identity = self.directory.by_token(token.strip())
-                    if identity is not None:
-                        return identity
-                raise HTTPError(401, "Unauthorized", "Unauthorized: the bearer token is not valid")
-        cert = getattr(self.transport, "getPeerCertificate", lambda: None)()
-        if cert is not None:
-            identity = self.directory.by_certificate(cert.to_cryptography())
-            if identity is not None:
-                return identity
-        raise HTTPError(401, "Unauthorized", "Unauthorized: give a bearer token or a client certificate")
-
     def _handle(self, event: h11.Request) -> None:
         assert self.transport is not None
         try:
-            request = Request(event, self._identity(event), host_port(self.transport.getPeer()))
+            request = Request(event, self.authenticate(event, self.transport), host_port(self.transport.getPeer()))
             handler = self.route(request.method, request.path)
             if handler is None:
                 raise HTTPError(404, "NotFound", "the server could not find the requested resource")
@@ -209,9 +219,9 @@ class APIProtocol(Protocol):
 class APIFactory(Factory):
     noisy = False
 
-    def __init__(self, route: Callable[[str, str], Handler | None], directory: Directory) -> None:
+    def __init__(self, route: Callable[[str, str], Handler | None], authenticate: Authenticate) -> None:
         self.route = route
-        self.directory = directory
+        self.authenticate = authenticate
 
     def buildProtocol(self, addr: object) -> APIProtocol:
-        return APIProtocol(self.route, self.directory)
+        return APIProtocol(self.route, self.authenticate)

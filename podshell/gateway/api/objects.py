@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from podshell import __version__
@@ -184,23 +184,32 @@ def _age(since: datetime | None, now: datetime) -> str:
     return f"{days}d"
 
 
-def pod_status_word(pod: LocalPod) -> str:
+def pod_status_word(pod: dict[str, Any]) -> str:
     """The STATUS column of kubectl get pods: a waiting or terminated reason
     when a container has one, else the phase."""
-    for c in pod.containers.values():
-        if c.state.kind == "waiting" and c.state.reason:
-            return c.state.reason
-        if c.state.kind == "terminated" and c.state.reason and pod.phase == "Running":
-            return c.state.reason
-    return pod.phase
+    phase = pod["status"].get("phase", "Unknown")
+    for c in pod["status"].get("containerStatuses") or []:
+        state = c.get("state") or {}
+        if (state.get("waiting") or {}).get("reason"):
+            return state["waiting"]["reason"]
+        if (state.get("terminated") or {}).get("reason") and phase == "Running":
+            return state["terminated"]["reason"]
+    return phase
 
 
-def pod_row(pod: LocalPod, node: str, now: datetime) -> list[Any]:
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if text else None
+
+
+def pod_row(pod: dict[str, Any], now: datetime) -> list[Any]:
     """NAME, READY, STATUS, RESTARTS, AGE, IP, NODE, NOMINATED NODE, READINESS GATES."""
-    ready = sum(1 for c in pod.containers.values() if c.state.kind == "running")
-    restarts = sum(c.restart_count for c in pod.containers.values())
-    return [pod.name, f"{ready}/{len(pod.containers)}", pod_status_word(pod), str(restarts),
-            _age(pod.created, now), "<none>", node, "<none>", "<none>"]  # fmt: skip
+    statuses = pod["status"].get("containerStatuses") or []
+    ready = sum(1 for c in statuses if "running" in (c.get("state") or {}))
+    restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
+    meta = pod["metadata"]
+    return [meta["name"], f"{ready}/{len(pod['spec']['containers'])}", pod_status_word(pod), str(restarts),
+            _age(_parse_time(meta.get("creationTimestamp")), now), "<none>", pod["spec"].get("nodeName", "<none>"),
+            "<none>", "<none>"]  # fmt: skip
 
 
 _COLUMNS = [
@@ -216,7 +225,7 @@ _COLUMNS = [
 ]
 
 
-def pod_table(pods: list[LocalPod], node: str, now: datetime) -> dict[str, Any]:
+def pod_table(pods: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     """The meta.k8s.io/v1 Table kubectl asks for, so that `kubectl get pods`
     shows the same columns as against a real cluster."""
     return {
@@ -229,16 +238,11 @@ def pod_table(pods: list[LocalPod], node: str, now: datetime) -> dict[str, Any]:
         ],
         "rows": [
             {
-                "cells": pod_row(p, node, now),
+                "cells": pod_row(p, now),
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
-                    "metadata": {
-                        "name": p.name,
-                        "namespace": p.namespace,
-                        "uid": p.uid,
-                        "creationTimestamp": _time(p.created),
-                    },
+                    "metadata": {k: p["metadata"][k] for k in ("name", "namespace", "uid", "creationTimestamp")},
                 },
             }
             for p in pods

@@ -34,6 +34,7 @@ class Backend(Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.reader: IPushProducer | None = None  # registered while we may write
+        self.on_closed: Callable[[], object] | None = None  # both directions are done
         self._ended = False
 
     @property
@@ -69,6 +70,8 @@ class Backend(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._end()
+        if self.on_closed is not None:
+            self.on_closed()
 
     def _end(self) -> None:
         if not self._ended:

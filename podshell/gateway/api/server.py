@@ -2,7 +2,10 @@
 
 Every request is authenticated (bearer token or client certificate) before
 routing; pods are visible to an identity that may use them; every stream goes
-through the same gate (policy, audit) as SSH.
+through the same gate (policy, audit) as SSH.  A stream for a pod on another
+node is handed, once allowed, to that node agent and spliced byte for byte;
+a node agent serves the same routes to its gateways, plus the two stream
+protocols SSH needs (L{rc.PROCESS}, L{rc.PORT}).
 """
 
 from __future__ import annotations
@@ -11,37 +14,54 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
+from podshell.auth.identity import OnBehalf
+from podshell.cluster import Cluster, Grant
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.api import objects, websocket
-from podshell.gateway.api.channels import ChannelCommand, ChannelPortForward
+from podshell.gateway.api.channels import ChannelCommand, ChannelPort, ChannelPortForward
 from podshell.gateway.api.command import Start
 from podshell.gateway.api.front import Handler, HTTPError, Request, Upgrade
 from podshell.gateway.api.spdy_server import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
 from podshell.gateway.api.websocket import MessageApp
-from podshell.node.runtime.local import LocalPod, LocalRuntime
-from podshell.node.spawner import Spawner
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
-from podshell.target import Target
+from podshell.target import Target, TargetError
 
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward))?$")
 _NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 _DENIED = {"forbidden": (403, "Forbidden"), "not-found": (404, "NotFound"), "invalid": (400, "BadRequest")}
+# What a node agent needs of the client's upgrade request; the rest (its
+# credentials above all) stays at the gateway.
+_PASSED_ON = (
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "x-stream-protocol-version",
+    "user-agent",
+)
 
 
 class KubeAPI:
-    def __init__(self, gate: Gate, runtime: LocalRuntime, spawner: Spawner, reactor, node: str = "podshell") -> None:
+    def __init__(self, gate: Gate, cluster: Cluster, reactor, agent: bool = False) -> None:
+        """@param agent: serve as a node agent, to gateways: their own
+        stream protocols, and the environment they pass with a command."""
         self.gate = gate
-        self.runtime = runtime
-        self.spawner = spawner
+        self.cluster = cluster
         self.reactor = reactor
-        self.node = node
+        self.agent = agent
+        extra = [rc.PROCESS] if agent else []
+        self.exec_protocols = extra + rc.WEBSOCKET_EXEC
+        self.port_protocols = ([rc.PORT] if agent else []) + rc.WEBSOCKET_PORT_FORWARD
 
     def route(self, method: str, path: str) -> Handler | None:
         if method not in ("GET", "POST"):
@@ -71,21 +91,20 @@ class KubeAPI:
         return None
 
     # Pods: visible to whoever may use them.
-    def _visible(self, request: Request, pod: LocalPod) -> bool:
-        source = request.peer.rsplit(":", 1)[0].strip("[]")
-        return any(
-            self.gate.policy.decide(request.identity, verb, pod.namespace, pod.name, None, source)
-            for verb in ("exec", "attach", "port-forward")
-        )
+    def _visible(self, request: Request, pod: dict[str, Any]) -> bool:
+        return self._may_know(request, pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def list_pods(self, request: Request, namespace: str | None) -> tuple[int, Any]:
-        pods = [p for p in self.runtime.pods(namespace) if self._visible(request, p)]
+        pods = [p for p in self.cluster.pods(namespace) if self._visible(request, p)]
         if _wants_table(request):
-            return 200, objects.pod_table(pods, self.node, datetime.now(UTC))
-        return 200, objects.pod_list([objects.pod_json(p, self.node) for p in pods])
+            return 200, objects.pod_table(pods, datetime.now(UTC))
+        return 200, objects.pod_list(pods)
 
     def get_pod(self, request: Request, namespace: str, name: str) -> tuple[int, Any]:
-        pod = self.runtime.find(namespace, name)
+        try:
+            pod = self.cluster.find(namespace, name)
+        except TargetError as e:
+            raise HTTPError(409, "Conflict", str(e)) from None
         if pod is None or not self._visible(request, pod):
             if pod is None and self._may_know(request, namespace, name):
                 raise HTTPError(404, "NotFound", f'pods "{name}" not found', details={"name": name, "kind": "pods"})
@@ -97,11 +116,11 @@ class KubeAPI:
                 details={"name": name, "kind": "pods"},
             )
         if _wants_table(request):
-            return 200, objects.pod_table([pod], self.node, datetime.now(UTC))
-        return 200, objects.pod_json(pod, self.node)
+            return 200, objects.pod_table([pod], datetime.now(UTC))
+        return 200, pod
 
     def get_namespace(self, request: Request, name: str) -> tuple[int, Any]:
-        pods = self.runtime.pods(name)
+        pods = self.cluster.pods(name)
         if any(self._visible(request, p) for p in pods):
             return 200, objects.namespace_json(name)
         if pods:
@@ -132,15 +151,20 @@ class KubeAPI:
         except ValueError as e:
             raise HTTPError(400, "BadRequest", str(e)) from None
         container = (request.query.get("container") or [""])[0] or None
-        upgrade, protocol = _negotiate(request, rc.WEBSOCKET_EXEC, rc.SPDY_EXEC)
+        upgrade, protocol = _negotiate(request, self.exec_protocols, rc.SPDY_EXEC)
         granted = self._enter(request, verb, Target(namespace, name, container), command)
-        handle = granted.handle
+        query = [("container", granted.handle.container)] + [("command", c) for c in command or []]
+        query += [(k, "1") for k in ("stdin", "stdout", "stderr", "tty") if getattr(options, k)]
+        spliced = self._splice(request, granted, verb, query)
+        if spliced is not None:
+            return spliced
+        env = _env(request.query.get("env", [])) if self.agent else None
         start: Start
         if command is not None:
             argv = command
-            start = lambda sink: self.spawner.process(handle, argv, sink, tty=options.tty)  # noqa: E731
+            start = lambda sink: self.cluster.process(granted, argv, sink, env=env, tty=options.tty)  # noqa: E731
         else:
-            start = lambda sink: self.runtime.attach(handle, sink)  # noqa: E731
+            start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731
         if upgrade == "websocket":
             return self._websocket(
                 request, protocol, ChannelCommand(protocol, options, granted.session, command, start)
@@ -150,20 +174,27 @@ class KubeAPI:
         )
 
     def port_forward(self, request: Request, namespace: str, name: str) -> Upgrade:
-        upgrade, protocol = _negotiate(request, rc.WEBSOCKET_PORT_FORWARD, [rc.PORT_FORWARD])
+        upgrade, protocol = _negotiate(request, self.port_protocols, [rc.PORT_FORWARD])
         ports: list[int] = []
-        if protocol in (rc.V4, rc.V4_B64):
+        if protocol in (rc.V4, rc.V4_B64, rc.PORT):
             try:
                 ports = channels.parse_ports(request.query.get("ports", []))
             except ValueError as e:
                 raise HTTPError(400, "BadRequest", str(e)) from None
         audit_ports = [f"ports {','.join(map(str, ports))}"] if ports else None
+        if protocol == rc.PORT and len(ports) != 1:
+            raise HTTPError(400, "BadRequest", f"{rc.PORT} forwards exactly one port")
         granted = self._enter(request, "port-forward", Target(namespace, name, None), audit_ports)
+        spliced = self._splice(request, granted, "portforward", [("ports", str(p)) for p in ports])
+        if spliced is not None:
+            return spliced
 
         def connect(port: int, factory: IProtocolFactory) -> Deferred[IProtocol]:
-            return self.spawner.connect(granted.handle, port, factory)
+            return self.cluster.connect(granted, port, factory)
 
         pod = f"{namespace}/{name}"
+        if protocol == rc.PORT:
+            return self._websocket(request, protocol, ChannelPort(ports[0], connect, granted.session))
         if protocol == rc.SPDY_TUNNEL:
             tunnel = SpdyTunnel(
                 self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False)
@@ -174,6 +205,14 @@ class KubeAPI:
             return self._websocket(request, protocol, app)
         report = _errors_are_harmless(request.header("user-agent") or "")
         return self._spdy(protocol, lambda server: SpdyPortForward(server, connect, pod, granted.session, report))
+
+    def _splice(self, request: Request, granted: Grant, sub: str, query: list[tuple[str, str]]) -> Upgrade | None:
+        """Hand the stream to the node agent that runs the pod, if that is not
+        this process: the same request, cleaned, on behalf of the identity."""
+        where = granted.handle
+        target = f"/api/v1/namespaces/{quote(where.namespace)}/pods/{quote(where.pod)}/{sub}?{urlencode(query)}"
+        headers = [(k, v) for k, v in request.headers if k in _PASSED_ON]
+        return self.cluster.node(granted).upgrade(granted, target, headers)
 
     def _websocket(self, request: Request, protocol: str, app: MessageApp) -> Upgrade:
         def switch(transport: ITransport, trailing: bytes) -> IProtocol:
@@ -201,9 +240,12 @@ class KubeAPI:
 
         return switch
 
-    def _enter(self, request: Request, verb: str, target: Target, command: list[str] | None):
+    def _enter(self, request: Request, verb: str, target: Target, command: list[str] | None) -> Grant:
         try:
-            return self.gate.enter(request.identity, verb, target, request.peer, "api", command)
+            peer, via = request.peer, "api"
+            if isinstance(request.identity, OnBehalf):  # a node agent, for a gateway
+                peer, via = request.identity.source or peer, f"gateway {request.identity.gateway} ({request.peer})"
+            return self.gate.enter(request.identity, verb, target, peer, via, command)
         except Denied as e:
             code, reason = _DENIED.get(e.kind, (400, "BadRequest"))
             raise HTTPError(code, reason, str(e)) from None
@@ -230,6 +272,17 @@ def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols:
             raise _unsupported(spdy_protocols)
         return upgrade, protocol
     raise HTTPError(400, "BadRequest", "Upgrade request required: use a WebSocket or SPDY/3.1 client such as kubectl")
+
+
+def _env(values: list[str]) -> dict[str, str]:
+    """C{NAME=VALUE} pairs a gateway passes with a command (already allow-listed there)."""
+    env = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name or "\0" in item:
+            raise HTTPError(400, "BadRequest", f"env {item!r} is not NAME=VALUE")
+        env[name] = value
+    return env
 
 
 def _errors_are_harmless(user_agent: str) -> bool:

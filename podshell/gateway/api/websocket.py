@@ -87,13 +87,15 @@ class WebSocketEndpoint(Protocol):
             elif isinstance(event, CloseConnection):
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     self.tcp.write(self.ws.send(event.response()))
-                self.tcp.loseConnection()
+                self._drop()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.app.closed()
 
     def send(self, message: bytes | str) -> None:
-        """A binary (bytes) or text (str) message."""
+        """A binary (bytes) or text (str) message; dropped once closing."""
+        if self.ws.state is not ConnectionState.OPEN:
+            return
         if isinstance(message, str):
             self._write(self.ws.send(TextMessage(data=message)))
         else:
@@ -107,12 +109,18 @@ class WebSocketEndpoint(Protocol):
         if self.ws.state is ConnectionState.OPEN:
             self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
         self._done = True
-        transport = self.transport
-        if transport is not None:
+        if self.transport is not None:
             if code == 1000:
-                self.reactor.callLater(CLOSE_GRACE, transport.loseConnection)
+                self.reactor.callLater(CLOSE_GRACE, self._drop)
             else:
-                transport.loseConnection()
+                self._drop()
+
+    def _drop(self) -> None:
+        """Close TCP; whatever fed it is done (a TLS transport would wait for
+        its producer to go before closing)."""
+        if self.transport is not None:
+            self.tcp.unregisterProducer()
+            self.tcp.loseConnection()
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self._done:

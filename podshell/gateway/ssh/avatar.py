@@ -19,12 +19,12 @@ from twisted.python.failure import Failure
 
 from podshell.addresses import port_of
 from podshell.auth.identity import Identity
+from podshell.cluster import Cluster
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh.channels import StreamChannel, TCPPipe
 from podshell.gateway.ssh.connection import OpenFailed
 from podshell.gateway.ssh.session import SessionChannel
 from podshell.node.netns import PortRefused, loopback_addresses
-from podshell.node.spawner import Spawner
 from podshell.target import Target, TargetError
 
 MSG_DEBUG = 4
@@ -34,14 +34,14 @@ _BIND = {"": "0.0.0.0", "*": "0.0.0.0", "0.0.0.0": "0.0.0.0", "localhost": "127.
 
 class PodUser(ConchUser):
     def __init__(
-        self, identity: Identity, target: Target, peer: str, gate: Gate, spawner: Spawner, accept_env: list[str]
+        self, identity: Identity, target: Target, peer: str, gate: Gate, cluster: Cluster, accept_env: list[str]
     ) -> None:
         super().__init__()
         self.identity = identity
         self.target = target
         self.peer = peer
         self.gate = gate
-        self.spawner = spawner
+        self.cluster = cluster
         self.accept_env = accept_env
         self.conn: connection.SSHConnection | None = None
         self.listeners: dict[tuple[str, int], IListeningPort] = {}
@@ -82,7 +82,7 @@ class PodUser(ConchUser):
             failure.trap(PortRefused, TargetError, OSError)
             raise OpenFailed(connection.OPEN_CONNECT_FAILED, f"podshell: {failure.value}")
 
-        d = self.spawner.connect(granted.handle, port, Factory.forProtocol(lambda: pipe), host)
+        d = self.cluster.connect(granted, port, Factory.forProtocol(lambda: pipe), host)
         return d.addCallbacks(connected, refused)
 
     # ssh -R: a listener inside the pod whose connections come back to the client.
@@ -117,7 +117,7 @@ class PodUser(ConchUser):
             self.tell(f"podshell: {failure.value}")
             return 0
 
-        return self.spawner.listen(granted.handle, port, factory, bind).addCallbacks(listening, failed)
+        return self.cluster.listen(granted, port, factory, bind).addCallbacks(listening, failed)
 
     def global_cancel_tcpip_forward(self, data: bytes) -> Deferred | int:
         host, port = forwarding.unpackGlobal_tcpip_forward(data)

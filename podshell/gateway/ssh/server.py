@@ -28,6 +28,7 @@ from zope.interface import Interface, implementer
 from podshell import __version__
 from podshell.addresses import host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
+from podshell.cluster import Cluster
 from podshell.config import SSHConfig
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh import hostkeys
@@ -35,7 +36,6 @@ from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
 from podshell.gateway.ssh.connection import PodConnection
 from podshell.logs import conch_logger
-from podshell.node.spawner import Spawner
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
@@ -132,16 +132,16 @@ class KeyChecker:
 
 @implementer(IRealm)
 class PodRealm:
-    def __init__(self, gate: Gate, spawner: Spawner, accept_env: list[str]) -> None:
+    def __init__(self, gate: Gate, cluster: Cluster, accept_env: list[str]) -> None:
         self.gate = gate
-        self.spawner = spawner
+        self.cluster = cluster
         self.accept_env = accept_env
 
     def requestAvatar(self, login: KeyLogin, peer: str, *interfaces: object) -> tuple:  # type: ignore[override]
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH users log in here")
         target = self.gate.locate(login.identity, login.target, peer, "ssh")
-        user = PodUser(login.identity, target, peer, self.gate, self.spawner, self.accept_env)
+        user = PodUser(login.identity, target, peer, self.gate, self.cluster, self.accept_env)
         return IConchUser, user, user.logout
 
 
@@ -168,7 +168,7 @@ class PodSSHFactory(SSHFactory):
 
 
 def make_factory(
-    config: SSHConfig, state_dir: Path, directory: Directory, gate: Gate, spawner: Spawner
+    config: SSHConfig, state_dir: Path, directory: Directory, gate: Gate, cluster: Cluster
 ) -> PodSSHFactory:
-    portal = Portal(PodRealm(gate, spawner, ACCEPT_ENV + list(config.accept_env)), [KeyChecker(directory)])
+    portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(config.accept_env)), [KeyChecker(directory)])
     return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in config.ciphers])

@@ -15,9 +15,10 @@ from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 
 from podshell.auth.audit import AuditedSession
+from podshell.cluster import Process
 from podshell.gateway.access import Denied
 from podshell.gateway.ssh.channels import PodChannel
-from podshell.node.spawner import ExitStatus, ProcessSession, WindowSize
+from podshell.node.process import ExitStatus, WindowSize
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
@@ -38,7 +39,7 @@ class SessionChannel(PodChannel):
         self.term: str | None = None
         self.size = WindowSize(24, 80)
         self.env: dict[str, str] = {}
-        self.process: ProcessSession | None = None
+        self.process: Process | None = None
         self.audit: AuditedSession | None = None
         self._eofBeforeStart = False
 
@@ -108,9 +109,7 @@ class SessionChannel(PodChannel):
         if self.term:
             env["TERM"] = self.term
         self.audit = granted.session
-        self.process = avatar.spawner.process(
-            granted.handle, argv, self, env=env, tty=self.term is not None, size=self.size
-        )
+        self.process = avatar.cluster.process(granted, argv, self, env=env, tty=self.term is not None, size=self.size)
         self.process.registerProducer(self, True)
         if self._eofBeforeStart:
             self.process.closeStdin()

@@ -286,11 +286,17 @@ class Attachment:
     def resize(self, size: WindowSize) -> None:
         self.session.resize(size)
 
+    @property
+    def status(self) -> ExitStatus | None:
+        return self.session.status
+
+    def signal(self, sig: str | int) -> None:
+        """Signal the container's main process, as a terminal's ^C would."""
+        self.session.signal(sig)
+
     def hangup(self) -> None:
         """Detach: the container runs on."""
-        if self._stdin_producer:
-            self._stdin_producer = False
-            self.session.unregisterProducer()
+        self.unregisterProducer()
         self.container.detach(self)
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
@@ -301,6 +307,11 @@ class Attachment:
             except RuntimeError:
                 return  # another attachment holds it
             self._stdin_producer = True
+
+    def unregisterProducer(self) -> None:
+        if self._stdin_producer:
+            self._stdin_producer = False
+            self.session.unregisterProducer()
 
     def pauseProducing(self) -> None:
         self.container.pause(self)

@@ -1,0 +1,73 @@
+"""The node in this process: the cluster's in-process hop to the runtime and
+the spawner (the embedded default, and a node agent serving its gateways)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
+
+from podshell.cluster import Grant, Placement, Process, Sink, Upgrade
+from podshell.gateway.api.objects import pod_json
+from podshell.node.process import WindowSize
+from podshell.node.runtime.base import ContainerHandle
+from podshell.node.runtime.local import LocalRuntime
+from podshell.node.spawner import Spawner
+from podshell.target import TargetError
+
+
+class LocalNode:
+    problem: str | None = None
+
+    def __init__(self, name: str, runtime: LocalRuntime, spawner: Spawner) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.spawner = spawner
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [pod_json(p, self.name) for p in self.runtime.pods()]
+
+    def container_names(self, namespace: str, pod: str) -> list[str] | None:
+        return self.runtime.container_names(namespace, pod)
+
+    def resolve(self, namespace: str, pod: str, container: str | None) -> Placement:
+        handle = self.runtime.resolve(namespace, pod, container)
+        return Placement(handle.namespace, handle.pod, handle.container, self.name)
+
+    def _handle(self, grant: Grant) -> ContainerHandle:
+        """The container now: it may have restarted since the grant."""
+        where = grant.handle
+        return self.runtime.resolve(where.namespace, where.pod, where.container)
+
+    def process(
+        self,
+        grant: Grant,
+        argv: Sequence[str],
+        sink: Sink,
+        env: Mapping[str, str] | None,
+        tty: bool,
+        size: WindowSize | None,
+    ) -> Process:
+        return self.spawner.process(self._handle(grant), argv, sink, env=env, tty=tty, size=size)
+
+    def attach(self, grant: Grant, sink: Sink) -> Process:
+        return self.runtime.attach(self._handle(grant), sink)
+
+    def connect(self, grant: Grant, port: int, factory: IProtocolFactory, host: str) -> Deferred[IProtocol]:
+        try:
+            handle = self._handle(grant)
+        except TargetError as e:
+            return fail(e)
+        return self.spawner.connect(handle, port, factory, host)
+
+    def upgrade(self, grant: Grant, target: str, headers: list[tuple[str, str]]) -> Upgrade | None:
+        return None  # served in this process
+
+    def listen(self, grant: Grant, port: int, factory: IProtocolFactory, host: str) -> Deferred[IListeningPort]:
+        try:
+            handle = self._handle(grant)
+        except TargetError as e:
+            return fail(e)
+        return self.spawner.listen(handle, port, factory, host)
