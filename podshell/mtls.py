@@ -26,6 +26,15 @@ from podshell.tls import Issued
 from podshell.yamlfile import ConfigError
 
 _CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
+# X509_V_ERR_* codes a gateway is likely to meet, in words.
+_CHAIN_ERRORS = {
+    2: "is not from the cluster CA",
+    10: "has expired",
+    18: "is self-signed, not from the cluster CA",
+    20: "is not from the cluster CA",
+    21: "is not from the cluster CA",
+    26: "is not meant for a server (issue it with --role node)",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class ClusterIdentity:
             identity = cls(x509.load_pem_x509_certificate(ca.read_bytes()), Issued.read(cert, key))
         except (OSError, ValueError, AssertionError) as e:
             raise ConfigError(f"tls: cannot read the cluster certificate ({e})") from None
+        if identity.own.cert.public_key() != identity.own.key.public_key():
+            raise ConfigError(f"tls.key: {key} is not the key of {cert}")
         have = describe(identity.own.cert).role
         if have != role:
             raise ConfigError(f"tls.cert: {cert} is a certificate for role {have}, this server's role is {role}")
@@ -57,8 +68,8 @@ class ClusterIdentity:
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_cipher_list(_CIPHERS)
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
-        ctx.use_certificate(crypto.X509.from_cryptography(self.own.cert))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(self.own.key))
+        ctx.use_certificate(self.own.cert)
+        ctx.use_privatekey(self.own.key)
         ctx.check_privatekey()
         ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(self.ca))  # type: ignore[union-attr]
         return ctx
@@ -109,7 +120,7 @@ class NodeClientTLS:
 
     def _verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         if not ok:
-            self.problem = f"its certificate does not verify against the cluster CA (OpenSSL error {errno})"
+            self.problem = f"its certificate {_CHAIN_ERRORS.get(errno, f'fails verification (OpenSSL error {errno})')}"
             return False
         if depth > 0:
             return True

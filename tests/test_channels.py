@@ -96,3 +96,35 @@ def test_fuzz_resize_decoding_fails_only_with_value_error(chunks):
         except ValueError:
             return
         assert all(0 < s.rows < 65536 and 0 < s.cols < 65536 for s in sizes)
+
+
+@pytest.mark.parametrize(
+    "status, protocol",
+    [
+        (ExitStatus(0), rc.V5),
+        (ExitStatus(3), rc.V5),
+        (ExitStatus(3), rc.PROCESS),
+        (ExitStatus(signal="TERM"), rc.PROCESS),
+    ],
+)
+def test_exit_status_reads_back_what_final_status_wrote(status, protocol):
+    assert rc.exit_status(rc.final_status(status, ["x"], protocol)) == status
+
+
+def test_a_signal_travels_only_between_gateway_and_node():
+    # kubectl sees 128 + n, as from a kubelet; a gateway learns the signal itself.
+    assert rc.exit_status(rc.final_status(ExitStatus(signal="KILL"), ["x"], rc.V5)) == ExitStatus(137)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (rc.internal_error("container gone", rc.V5), "Internal error occurred: container gone"),
+        (b"not json", "not json"),
+        (b"[1]", "the server sent a malformed status"),
+        (b'{"status": "Failure"}', "the command failed"),
+    ],
+)
+def test_exit_status_reports_failures_in_words(payload, message):
+    with pytest.raises(rc.RemoteFailure, match=message):
+        rc.exit_status(payload)

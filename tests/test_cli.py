@@ -22,6 +22,29 @@ def test_config_check_accepts_the_example():
     assert result.stdout == f"{CONF}: OK (2 users, 3 policy rules, 2 pods)\n"
 
 
+def test_config_check_accepts_the_gateway_and_node_examples(tmp_path):
+    for name in ("gateway.yaml", "node.yaml", "pods.yaml"):
+        shutil.copy(CONF.parent / name, tmp_path / name)
+    pki = str(tmp_path / "pki")
+    for args in (["init"], ["issue", "--name", "gw-1", "--role", "gateway"],
+                 ["issue", "--name", "node-1", "--role", "node", "--san", "10.0.0.2"]):  # fmt: skip
+        assert run("ca", *args, "--dir", pki).returncode == 0
+    gateway, node = (
+        run("config", "check", str(tmp_path / "gateway.yaml")),
+        run("config", "check", str(tmp_path / "node.yaml")),
+    )
+    assert gateway.stdout == f"{tmp_path}/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 users, 1 policy rules)\n", (
+        gateway.stderr
+    )
+    assert node.stdout == f"{tmp_path}/node.yaml: OK (node agent node-1: 2 pods)\n", node.stderr
+    (tmp_path / "pki" / "node-1.crt").rename(tmp_path / "pki" / "gw-1.crt")
+    wrong = run("config", "check", str(tmp_path / "gateway.yaml"))
+    assert wrong.returncode == 1 and "pki/gw-1.key is not the key of" in wrong.stderr
+    (tmp_path / "pki" / "node-1.key").rename(tmp_path / "pki" / "gw-1.key")
+    wrong = run("config", "check", str(tmp_path / "gateway.yaml"))
+    assert wrong.returncode == 1 and "is a certificate for role node, this server's role is gateway" in wrong.stderr
+
+
 def test_config_check_reports_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("runtime: {kind: docker}\n")

@@ -73,7 +73,21 @@ def replace(old: str, new: str) -> str:
     return GOOD.replace(old, new)
 
 
+TLS = "tls: {ca: ca.crt, cert: x.crt, key: x.key}\n"
+NODE = "role: node\nnode: {name: node-1, listen: 'tcp:10250'}\n" + TLS
+
 BAD = [
+    ("role: node\n", None, "podshell.yaml: tls: a node needs its cluster certificate (ca, cert, key)"),
+    ("role: gateway\n" + TLS, None, "nodes: a gateway needs at least one node agent to route to"),
+    (NODE + "ssh: {listen: 'tcp:22'}\n", None, "ssh: a node agent has no front doors; gateways hold ssh"),
+    (NODE.replace("tcp:10250", "ssl:10250"), None, "node.listen: a node agent listens on tcp:PORT"),
+    ("role: all\nnodes: [{name: n, address: '10.0.0.2:1'}]\n", None, "nodes: only a gateway routes to node agents"),
+    ("role: gateway\n" + TLS + "nodes: [{name: n, address: '10.0.0.2'}]\n", None, "'10.0.0.2' is not HOST:PORT"),
+    (
+        "role: gateway\n" + TLS + "nodes: [{name: n, address: 'h:1'}]\n",
+        None,
+        "tls: cannot read the cluster certificate",
+    ),
     ("state_dir: [1\n", None, "podshell.yaml:2:1: invalid YAML"),
     ("users: []\nusers: []\n", None, "podshell.yaml:2:1: invalid YAML: duplicate key 'users'"),
     ("- a\n- b\n", None, "podshell.yaml: expected a mapping at the top level, found list"),

@@ -23,20 +23,23 @@ from .conftest import PYTHON, needs_root, pod
 from .hosts import Hosts
 from .podserver import pattern
 from .sshserver import PODSERVER, TWISTD, Client, keygen
+from .test_kube_api import kubectl_binary
 
 pytestmark = needs_root
 
 BIN = Path(sys.executable).parent
 PODSHELL = str(BIN / "podshell")
-KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
+KUBECTL = "1.33"  # WebSocket; 1.20 speaks only SPDY: both are spliced to the node as they come
 TOKEN = "alice-token-0123456789abcdef"
 TESTS = str(Path(__file__).parent)
 NODE_PORT = 10250
+TWIN = pod("twin", {"name": "app", "command": ["sleep", "3600"]}, namespace="team-a")  # on both: a conflict
 PODS = {
-    "node-1": [pod("alpha", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a")],
+    "node-1": [pod("alpha", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a"), TWIN],
     "node-2": [
         pod("beta", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a"),
         pod("secret", {"name": "app", "command": ["sleep", "3600"]}, namespace="team-b"),
+        TWIN,
     ],
 }
 
@@ -130,8 +133,11 @@ class Cluster:
         wait_log(log, "node agent listening", before + 1)
         wait_log(log, r"container \S+ started", len(PODS[name]) * (before + 1))
 
-    def kubectl(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return self.hosts.run("gw", KUBECTL, "--kubeconfig", str(self.kubeconfig), *args, **kw)
+    def kubectl(self, *args: str, version: str = KUBECTL, **kw) -> subprocess.CompletedProcess:
+        return self.hosts.run("gw", *self.kubectl_argv(version), *args, **kw)
+
+    def kubectl_argv(self, version: str) -> list[str]:
+        return [kubectl_binary(version), "--kubeconfig", str(self.kubeconfig)]
 
     def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
         connection = ["--server", "https://127.0.0.1:8443", "--token", TOKEN, "--certificate-authority", str(self.ca)]
@@ -213,16 +219,24 @@ def test_ssh_forward_to_a_closed_port_is_refused_with_a_reason(cluster):
     assert b"podshell: nothing listens on localhost:9 in pod team-a/beta" in r.stderr, r.stderr
 
 
+def test_the_same_pod_on_two_nodes_is_a_reported_conflict(cluster):
+    r = cluster.ssh.ssh("team-a.twin", "true")
+    assert b"pod team-a/twin is reported by nodes node-1 and node-2" in r.stderr, r.stderr
+    r = cluster.kubectl("get", "pod", "-n", "team-a", "twin")
+    assert b"pod team-a/twin is reported by nodes node-1 and node-2" in r.stderr, r.stderr
+
+
 def test_kubectl_and_the_cli_reach_pods_on_both_nodes(cluster):
     listing = cluster.kubectl("get", "pods", "-n", "team-a", "-o", "wide")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line.split() for line in listing.stdout.decode().splitlines()[1:]}
     assert rows["alpha"][6] == "node-1" and rows["beta"][6] == "node-2", listing.stdout
     assert "secret" not in listing.stdout.decode()  # team-b is not alice's
-    for name in ("alpha", "beta"):
-        r = cluster.kubectl("exec", "-n", "team-a", name, "--", "sh", "-c", "hostname; exit 4")
+    for name, version in (("alpha", "1.33"), ("beta", "1.33"), ("beta", "1.20")):
+        r = cluster.kubectl("exec", "-n", "team-a", name, "--", "sh", "-c", "hostname; exit 4", version=version)
         assert (r.returncode, r.stdout) == (4, f"{name}\n".encode()), r.stderr
-        r = cluster.kubectl("exec", "-i", "-n", "team-a", name, "--", "wc", "-c", input=b"y" * 1_000_000)
+        stdin = b"y" * 1_000_000
+        r = cluster.kubectl("exec", "-i", "-n", "team-a", name, "--", "wc", "-c", input=stdin, version=version)
         assert r.stdout.strip() == b"1000000", r.stderr
         r = cluster.cli("exec", f"team-a/{name}", "--", "hostname")
         assert (r.returncode, r.stdout) == (0, f"{name}\n".encode()), r.stderr
@@ -230,12 +244,13 @@ def test_kubectl_and_the_cli_reach_pods_on_both_nodes(cluster):
     assert r.returncode != 0 and b'User "alice" cannot get resource "pods" in namespace "team-b"' in r.stderr
 
 
-def test_kubectl_port_forward_to_a_pod_on_another_node(cluster):
+@pytest.mark.parametrize("version", ["1.33", "1.20"])
+def test_kubectl_port_forward_to_a_pod_on_another_node(cluster, version):
+    argv = [*cluster.kubectl_argv(version), "port-forward", "-n", "team-a", "beta", "27002:7002"]
     code = f"""
 import subprocess, time
 from podserver import download
-pf = subprocess.Popen({[KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "port-forward", "-n", "team-a", "beta", "27002:7002"]!r},
-                      stdout=subprocess.PIPE)
+pf = subprocess.Popen({argv!r}, stdout=subprocess.PIPE)
 try:
     pf.stdout.readline()  # Forwarding from ...
     print(download(27002, 10_000_000))
@@ -326,6 +341,6 @@ def test_losing_a_node_ends_its_sessions_and_spares_the_others(cluster):
     assert "alpha" in listing and "beta" not in listing
     # Back again: its pods return.
     cluster.start_node("node-2")
-    wait_log(cluster.gw_log, r"node node-2 at \S+: 2 pods", count=2)
+    wait_log(cluster.gw_log, rf"node node-2 at \S+: {len(PODS['node-2'])} pods", count=2)
     r = cluster.ssh.ssh("team-a.beta", "hostname")
     assert (r.returncode, r.stdout) == (0, b"beta\n"), r.stderr

@@ -22,10 +22,14 @@ def _config_check(args: argparse.Namespace) -> int:
         loaded = load(args.config)
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    print(
-        f"{loaded.source}: OK ({len(loaded.config.users)} users, {len(loaded.config.policy)} policy rules, "
-        f"{len(loaded.pods)} pods)"
-    )
+    config = loaded.config
+    doors = f"{len(config.users)} users, {len(config.policy)} policy rules"
+    what = {
+        "all": f"{doors}, {len(loaded.pods)} pods",
+        "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {len(config.nodes)} nodes, {doors}",
+        "node": f"node agent {config.node.name if config.node else ''}: {len(loaded.pods)} pods",
+    }[config.role]
+    print(f"{loaded.source}: OK ({what})")
     return 0
 
 
