@@ -342,5 +342,9 @@ def test_losing_a_node_ends_its_sessions_and_spares_the_others(cluster):
     # Back again: its pods return.
     cluster.start_node("node-2")
     wait_log(cluster.gw_log, rf"node node-2 at \S+: {len(PODS['node-2'])} pods", count=2)
-    r = cluster.ssh.ssh("team-a.beta", "hostname")
+    deadline = time.monotonic() + 10
+    while (r := cluster.ssh.ssh("team-a.beta", "hostname")).returncode and time.monotonic() < deadline:
+        # The first listing after the restart may predate its containers: "is not running (ContainerCreating)".
+        assert b"is not running" in r.stderr, r.stderr
+        time.sleep(0.2)
     assert (r.returncode, r.stdout) == (0, b"beta\n"), r.stderr

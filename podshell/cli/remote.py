@@ -23,6 +23,7 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
+    Event,
     Message,
     Ping,
     RejectConnection,
@@ -54,13 +55,15 @@ def run(
     try:
         # Raw before the handshake: what is typed meanwhile is neither echoed twice nor lost.
         with _raw_terminal(tty):
-            ws = _handshake(api, sock, target)
-            return _Session(sock, ws, stdin, tty).loop()
+            ws, early = _handshake(api, sock, target)
+            return _Session(sock, ws, stdin, tty).loop(early)
     finally:
         sock.close()
 
 
-def _handshake(api: API, sock: ssl.SSLSocket, target: str) -> WSConnection:
+def _handshake(api: API, sock: ssl.SSLSocket, target: str) -> tuple[WSConnection, list[Event]]:
+    """The upgraded connection, and the events that came with the 101 (a
+    short command's whole output and status may)."""
     ws = WSConnection(ConnectionType.CLIENT)
     host, port = api.profile.host_port
     auth = [(b"authorization", f"Bearer {api.profile.token}".encode())]
@@ -71,11 +74,12 @@ def _handshake(api: API, sock: ssl.SSLSocket, target: str) -> WSConnection:
         if not data:
             raise CLIError(f"{api.profile.server} closed the connection during the upgrade")
         ws.receive_data(data)
-        for event in ws.events():
+        events = ws.events()
+        for event in events:
             if isinstance(event, AcceptConnection):
                 if event.subprotocol != rc.V5:
                     raise CLIError("the server does not speak v5.channel.k8s.io; upgrade it")
-                return ws
+                return ws, list(events)
             if isinstance(event, RejectConnection):
                 status = event.status_code
                 if not event.has_body:
@@ -111,7 +115,9 @@ class _Session:
         self.status: bytes | None = None
         self.out = {rc.STDOUT: sys.stdout.buffer, rc.STDERR: sys.stderr.buffer}
 
-    def loop(self) -> int:
+    def loop(self, early: list[Event]) -> int:
+        if any(self._event(event) for event in early):
+            return self._exit_code()
         sel = selectors.DefaultSelector()
         sock = self.sock
         sock.setblocking(True)
@@ -152,17 +158,20 @@ class _Session:
         while self.sock.pending():
             data += self.sock.recv(self.sock.pending())
         self.ws.receive_data(data or None)
-        for event in self.ws.events():
-            if isinstance(event, Message):
-                payload = event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data
-                self._message(payload)
-            elif isinstance(event, Ping):
+        return any(self._event(event) for event in self.ws.events()) or not data
+
+    def _event(self, event: Event) -> bool:
+        """Act on one event; True when the session is over."""
+        if isinstance(event, Message):
+            payload = event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data
+            self._message(payload)
+        elif isinstance(event, Ping):
+            self.sock.sendall(self.ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            with contextlib.suppress(Exception):
                 self.sock.sendall(self.ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                with contextlib.suppress(Exception):
-                    self.sock.sendall(self.ws.send(event.response()))
-                return True
-        return not data
+            return True
+        return False
 
     def _message(self, payload: bytes) -> None:
         channel, data = channels.decode(payload, b64=False)

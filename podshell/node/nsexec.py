@@ -1,10 +1,11 @@
 """Enter or create container namespaces and run a command in them.
 
-This file is both a module (the server imports L{setns}, L{enter} and
-L{NsRef}-style helpers for its network-namespace sockets) and podshell's one
-helper program, run as ``python -I -S nsexec.py SPEC_JSON``.  As a program it
-imports nothing from podshell and only stdlib modules that are cheap to load,
-because every exec pays for its start-up.
+This file is both a module and podshell's one helper program, run as
+``python -I -S nsexec.py SPEC_JSON`` for a pod's sandbox and its containers'
+main processes.  As a module, the server uses L{setns} and L{enter} for its
+network-namespace sockets, and L{become} in the child of its own fork for
+every exec (no helper there: see L{podshell.node.spawner}).  It imports
+nothing from podshell and only stdlib modules that are cheap to load.
 
 Why a helper and not C{nsenter}/C{unshare}: we need, in one step, namespaces
 entered by pidfd (no race with PID reuse), C{chdir} and user lookup *inside*
@@ -26,10 +27,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import grp
 import json
 import os
-import pwd
 import signal
 import sys
 
@@ -133,50 +132,67 @@ def _sandbox(spec: dict) -> None:
     os._exit(0)
 
 
+def _entries(path: str, fields: int) -> list[list[str]]:
+    """The lines of a colon-separated database (/etc/passwd, /etc/group).
+    Read directly, not through NSS: we are in the container's mount
+    namespace, and may be the child of a fork of a threaded server."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    return [e for e in (line.split(":") for line in lines if line and not line.startswith("#")) if len(e) >= fields]
+
+
 def _credentials(user: str) -> tuple[int, int, list[int], str | None]:
     """Resolve C{name}, C{uid}, C{name:group} or C{uid:gid} against the
     container's own /etc/passwd and /etc/group (we are in its mount ns)."""
     name, _, group = user.partition(":")
-    home = None
-    try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-        uid, gid, home, login = entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_name
-    except KeyError:
+    entry = next((e for e in _entries("/etc/passwd", 7) if e[2 if name.isdigit() else 0] == name), None)
+    if entry is None:
         if not name.isdigit():
-            raise LookupError(f"no user {name!r} in the container") from None
-        uid, gid, login = int(name), int(name), None
+            raise LookupError(f"no user {name!r} in the container")
+        uid, gid, login, home = int(name), int(name), None, None
+    else:
+        uid, gid, login, home = int(entry[2]), int(entry[3]), entry[0], entry[5]
+    groups = _entries("/etc/group", 4)
     if group:
-        try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise LookupError(f"no group {group!r} in the container") from None
-    groups = os.getgrouplist(login, gid) if login else [gid]
-    return uid, gid, groups, home
+        found = next((g for g in groups if g[2 if group.isdigit() else 0] == group), None)
+        if found is None and not group.isdigit():
+            raise LookupError(f"no group {group!r} in the container")
+        gid = int(found[2]) if found else int(group)
+    extra = [int(g[2]) for g in groups if login and login in g[3].split(",")]
+    return uid, gid, [gid, *(g for g in extra if g != gid)], home
 
 
 def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir
-    except KeyError:
-        return "/"
+    entry = next((e for e in _entries("/etc/passwd", 7) if e[2] == str(uid)), None)
+    return entry[5] if entry else "/"
 
 
 def _child(spec: dict) -> None:
-    """In the forked child: become the command."""
+    """In the helper's forked child: become the command."""
+    if spec.get("tty"):
+        os.setsid()
+        fcntl.ioctl(0, _TIOCSCTTY, 1)
+    become(spec, dict(os.environ))
+
+
+def become(spec: dict, env: dict[str, str]) -> None:
+    """Become the command of C{spec}, already inside its namespaces and
+    session: death signal, process group, user, directory, then exec."""
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if spec.get("tty"):
-            os.setsid()
-            fcntl.ioctl(0, _TIOCSCTTY, 1)
-        else:
+        if os.getppid() != 0:  # our parent is outside this pid namespace: 0 while it lives
+            os._exit(1)  # it died before the death signal was set
+        if not spec.get("tty"):
             os.setpgid(0, 0)  # its own group, so a hangup reaches its children too
         if "pid" in spec.get("new", ()):
             _check(
                 _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
                 "mount /proc",
             )
-        env = dict(os.environ)
         home = None
         if spec.get("user") is not None:
             uid, gid, groups, home = _credentials(str(spec["user"]))

@@ -1,11 +1,17 @@
 """The node spawner: the one place where processes and sockets inside
 containers are made.  SSH, the Kubernetes API and the CLI all come here.
 
-A process is started through the L{nsexec} helper and handed back as a
-L{ProcessSession}: write stdin, close it, resize the terminal, send signals,
-and receive stdout, stderr and the exit status on a L{ProcessSink}.  The
-session is an C{IPushProducer} of the process output, so a slow reader pauses
-the process (its pipe fills, it blocks in write) instead of growing memory.
+A command in a container is forked by the server itself, born in the
+container's pid namespace (the server points its children's pid namespace
+there for the length of one fork), and enters the other namespaces before
+anything else runs in it: no helper process stays beside it, so an exec
+costs a fork, and an idle shell only the shell.  Pod sandboxes and
+containers' main processes go through the L{nsexec} helper, which creates
+namespaces.  Either way the process is handed back as a L{ProcessSession}:
+write stdin, close it, resize the terminal, send signals, and receive
+stdout, stderr and the exit status on a L{ProcessSink}.  The session is an
+C{IPushProducer} of the process output, so a slow reader pauses the process
+(its pipe fills, it blocks in write) instead of growing memory.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ import pty
 import sys
 import termios
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, cast
+from signal import SIGHUP
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IPushProducer
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.process import Process, PTYProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,7 +40,7 @@ from zope.interface import implementer
 from podshell.node import nsexec
 from podshell.node.netns import NetnsSockets
 from podshell.node.process import ExitStatus, WindowSize, signal_number
-from podshell.node.runtime.base import ContainerHandle, ProcessRef
+from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ALL_NAMESPACES = ["ipc", "uts", "net", "pid", "mnt"]
@@ -78,8 +86,9 @@ class ProcessSession(ProcessProtocol):
 
     log = Logger()
 
-    def __init__(self, reactor, sink: ProcessSink, tty: bool, description: str) -> None:
+    def __init__(self, reactor, sink: ProcessSink, tty: bool, description: str, direct: bool = False) -> None:
         self._reactor = reactor
+        self.direct = direct  # the command itself, not a helper that relays signals
         self.sink = sink
         self.tty = tty
         self.description = description
@@ -131,9 +140,16 @@ class ProcessSession(ProcessProtocol):
             fcntl.ioctl(self.process.fileno(), termios.TIOCSWINSZ, size.pack())
 
     def signal(self, sig: str | int) -> None:
-        """Send a signal to the command (the helper relays it)."""
+        """Send a signal to the command; a hangup goes to its whole process
+        group, as a terminal's does (a helper relays it the same way)."""
+        number = signal_number(sig)
+        pid = self.process.pid
+        if self.direct and number == SIGHUP and pid is not None and self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, number)
+            return
         with contextlib.suppress(ProcessExitedAlready):
-            self.process.signalProcess(signal_number(sig))
+            self.process.signalProcess(number)
 
     def hangup(self, grace: float = 5.0) -> Deferred[ExitStatus]:
         """The client went away: SIGHUP now, SIGKILL after C{grace} seconds."""
@@ -198,6 +214,69 @@ def _read_more(reader: object, deliver: Callable[[bytes], object]) -> None:
     reader.doRead = doRead  # type: ignore[attr-defined]
 
 
+class _BornInContainer:
+    """What turns Twisted's C{Process} and C{PTYProcess} into a command in a
+    container: the fork happens with the container's pid namespace for
+    children, the child joins the container's other namespaces first thing,
+    and then becomes the command (L{nsexec.become}) instead of exec'ing
+    what Twisted was given."""
+
+    _spec: dict
+    _env: dict[str, str]
+    _pidfd: int
+
+    def _trySpawnInsteadOfFork(self, *args: object) -> bool:
+        return False  # posix_spawn cannot enter namespaces
+
+    def _fork(self, path, uid, gid, executable, args, environment, **kwargs) -> None:
+        pid, started = self._spec["target"]
+        self._pidfd = os.pidfd_open(pid)
+        try:
+            if nsexec.start_time(pid) != started:
+                raise ProcessLookupError(f"process {pid} is gone")
+            nsexec.setns(self._pidfd, nsexec.CLONE_NEWPID)
+            try:
+                super()._fork(path, uid, gid, executable, args, environment, **kwargs)  # type: ignore[misc]
+            finally:
+                nsexec.setns(_own_pid_namespace(), nsexec.CLONE_NEWPID)
+        finally:
+            os.close(self._pidfd)
+
+    def _setupChild(self, *args: object, **kwargs: object) -> None:
+        try:
+            nsexec.setns(self._pidfd, _JOINED_AFTER_FORK)
+        except OSError as e:
+            os.write(2, f"podshell: cannot enter the container: {e}\n".encode())
+            os._exit(126)
+        super()._setupChild(*args, **kwargs)  # type: ignore[misc]
+
+    def _execChild(self, path, uid, gid, executable, args, environment) -> None:
+        nsexec.become(self._spec, dict(self._env))
+
+
+class _CommandProcess(_BornInContainer, Process):
+    def __init__(self, reactor, spec: dict, env: dict[str, str], proto: ProcessProtocol) -> None:
+        self._spec, self._env = spec, env
+        Process.__init__(self, reactor, sys.executable, [sys.executable], {}, None, proto)
+
+
+class _CommandPTYProcess(_BornInContainer, PTYProcess):
+    def __init__(self, reactor, spec: dict, env: dict[str, str], proto: ProcessProtocol, pty: tuple) -> None:
+        self._spec, self._env = spec, env
+        PTYProcess.__init__(self, reactor, sys.executable, [sys.executable], {}, None, proto, usePTY=pty)
+
+
+_JOINED_AFTER_FORK = nsexec.CLONE_NEWIPC | nsexec.CLONE_NEWUTS | nsexec.CLONE_NEWNET | nsexec.CLONE_NEWNS
+_PID_NAMESPACE: list[int] = []
+
+
+def _own_pid_namespace() -> int:
+    """A descriptor of the server's own pid namespace, to return to."""
+    if not _PID_NAMESPACE:
+        _PID_NAMESPACE.append(os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
+    return _PID_NAMESPACE[0]
+
+
 class Spawner:
     """Starts processes and opens sockets inside containers."""
 
@@ -218,14 +297,28 @@ class Spawner:
         description: str,
     ) -> ProcessSession:
         spec = dict(spec, parent=os.getpid(), tty=tty)
-        session = ProcessSession(self._reactor, sink, tty, description)
-        argv = [self._python, "-I", "-S", nsexec.__file__, json.dumps(spec)]
-        usePTY: object = False
+        direct = spec["mode"] == "exec"
+        session = ProcessSession(self._reactor, sink, tty, description, direct)
+        usePTY: tuple | bool = False
         if tty:
             master, slave = pty.openpty()
             fcntl.ioctl(master, termios.TIOCSWINSZ, (size or WindowSize(24, 80)).pack())
             usePTY = (master, slave, os.ttyname(slave))
-        process = self._reactor.spawnProcess(session, self._python, argv, env=dict(env), usePTY=usePTY)
+        process: Any
+        try:
+            if direct and isinstance(usePTY, tuple):
+                process = _CommandPTYProcess(self._reactor, spec, dict(env), session, usePTY)
+            elif direct:
+                process = _CommandProcess(self._reactor, spec, dict(env), session)
+        except ProcessLookupError:
+            if isinstance(usePTY, tuple):
+                os.close(usePTY[0])
+                with contextlib.suppress(OSError):
+                    os.close(usePTY[1])
+            raise
+        if not direct:
+            argv = [self._python, "-I", "-S", nsexec.__file__, json.dumps(spec)]
+            process = self._reactor.spawnProcess(session, self._python, argv, env=dict(env), usePTY=usePTY)
         if tty:
             _read_more(process, lambda data: session.childDataReceived(1, data))
         else:
@@ -258,7 +351,10 @@ class Spawner:
         user: str | None = None,
         workdir: str | None = None,
     ) -> ProcessSession:
-        """Run C{argv} in the container, in all of its namespaces."""
+        """Run C{argv} in the container, in all of its namespaces.
+
+        @raise ContainerNotRunning: it stopped since C{handle} was made.
+        """
         if not argv:
             raise ValueError("no command given")
         spec = {
@@ -269,14 +365,17 @@ class Spawner:
             "user": user if user is not None else handle.user,
             "workdir": workdir or handle.working_dir,
         }
-        return self._launch(
-            spec,
-            sink,
-            self.environment(handle.hostname, handle.env, env, tty),
-            tty,
-            size,
-            f"{handle.path}: {' '.join(argv)}",
-        )
+        try:
+            return self._launch(
+                spec,
+                sink,
+                self.environment(handle.hostname, handle.env, env, tty),
+                tty,
+                size,
+                f"{handle.path}: {' '.join(argv)}",
+            )
+        except ProcessLookupError:
+            raise ContainerNotRunning(handle.namespace, handle.pod, handle.container, "it stopped") from None
 
     def container(
         self,

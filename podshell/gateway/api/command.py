@@ -12,6 +12,7 @@ from podshell.flow import Pausable, Valve
 from podshell.node.spawner import ExitStatus, ProcessSink
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
+from podshell.target import TargetError
 
 
 class Output(Protocol):
@@ -50,7 +51,11 @@ class CommandSession:
     def begin(self, start: Start, sink: Sink, valve: Valve) -> None:
         """Start the target; a slow client pauses it, and a target that does
         not read its stdin stops us reading the client."""
-        self.target = start(self)
+        try:
+            self.target = start(self)
+        except TargetError as e:  # the container stopped a moment ago
+            self.fail(str(e))
+            return
         sink.registerProducer(self.target, True)
         if not self.ended:
             self.target.registerProducer(valve.producer("stdin"), True)

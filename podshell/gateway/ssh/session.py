@@ -19,6 +19,7 @@ from podshell.cluster import Process
 from podshell.gateway.access import Denied
 from podshell.gateway.ssh.channels import PodChannel
 from podshell.node.process import ExitStatus, WindowSize
+from podshell.target import TargetError
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
@@ -109,7 +110,14 @@ class SessionChannel(PodChannel):
         if self.term:
             env["TERM"] = self.term
         self.audit = granted.session
-        self.process = avatar.cluster.process(granted, argv, self, env=env, tty=self.term is not None, size=self.size)
+        try:
+            self.process = avatar.cluster.process(
+                granted, argv, self, env=env, tty=self.term is not None, size=self.size
+            )
+        except TargetError as e:  # the container stopped a moment ago
+            granted.session.end(f"failed: {e}")
+            self._refuse(str(e))
+            return 1
         self.process.registerProducer(self, True)
         if self._eofBeforeStart:
             self.process.closeStdin()
