@@ -48,7 +48,8 @@ def own_token(state_dir: Path) -> str:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+            # Hex, so the token never starts with "-" and reads as an option on a command line.
+            f.write(secrets.token_hex(32) + "\n")
     return path.read_text().strip()
 
 

@@ -170,3 +170,14 @@ def test_bad_configuration_is_one_clear_line(write, config, pods, message):
     assert "\n" not in text
     assert text.startswith(str(path.rsplit("/", 1)[0])), text
     assert message in text, text
+
+
+def test_the_embedded_token_is_kept_private_and_reads_as_a_value(tmp_path):
+    """A token that began with "-" would read as an option in `podshell login --token T`."""
+    from podshell.defaults import own_token
+
+    state = tmp_path / "state"
+    tokens = {own_token(state)} | {own_token(tmp_path / f"s{i}") for i in range(20)}
+    assert own_token(state) in tokens and len(tokens) == 21
+    assert all(len(t) == 64 and int(t, 16) >= 0 for t in tokens)
+    assert (state / "token").stat().st_mode & 0o777 == 0o600

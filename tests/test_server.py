@@ -147,8 +147,7 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
             "login",
             "--server",
             "https://127.0.0.1:8443",
-            "--token",
-            token,
+            f"--token={token}",
             "--certificate-authority",
             str(state / "ca.crt"),
         ]
