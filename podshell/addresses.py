@@ -37,16 +37,32 @@ def set_no_delay(transport: object) -> None:
         transport = getattr(transport, "transport", None)
 
 
+def _tcp_socket(transport: object) -> socket.socket | None:
+    """The TCP socket under a transport (through TLS and wrappers), if any."""
+    while transport is not None:
+        sock = getattr(transport, "socket", None)
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            return sock
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 def set_keepalive(transport: object, idle: int = 5, interval: int = 2, count: int = 3) -> None:
     """TCP keepalive probes after C{idle} seconds of silence, so a peer that
     vanished without a FIN is noticed in about C{idle + interval * count}
     seconds, not the kernel's two hours."""
-    while transport is not None:
-        sock = getattr(transport, "socket", None)
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
-            return
-        transport = getattr(transport, "transport", None)
+    sock = _tcp_socket(transport)
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
+def ack_now(transport: object) -> None:
+    """Acknowledge what was just read at once instead of after the delayed-ACK
+    timer (up to 40 ms), for a peer whose next small segment Nagle's algorithm
+    holds until then: an SSH client during key exchange and authentication."""
+    sock = _tcp_socket(transport)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from podshell import __version__
-from podshell.addresses import host_port, set_no_delay
+from podshell.addresses import ack_now, host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
 from podshell.cluster import Cluster
 from podshell.config import SSHConfig
@@ -61,6 +61,13 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
         # once instead of waiting on Nagle for the peer's delayed ACK (~40 ms).
         set_no_delay(self.transport)
         super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # Until the user is authenticated the client runs with Nagle on, and each
+        # of its handshake packets would wait for our delayed ACK of the last.
+        if self.transport is not None and not isinstance(self.service, PodConnection):
+            ack_now(self.transport)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """A client saying goodbye (what ``ssh`` does after every command) is no error."""
