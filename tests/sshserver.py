@@ -40,7 +40,9 @@ class PodshellServer:
         policy: list[dict],
         api: str | None = None,
         ciphers: list[str] | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
+        """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's)."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -58,7 +60,7 @@ class PodshellServer:
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "podshell", "--config", str(root / "podshell.yaml")],
+            [*(wrap or []), TWISTD, "-n", "--pidfile=", "podshell", "--config", str(root / "podshell.yaml")],
             cwd=root,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -116,6 +116,21 @@ def test_login_saves_a_private_profile(server, tmp_path):
     assert TOKEN in profile.read_text() and "BEGIN CERTIFICATE" in profile.read_text()
 
 
+def test_a_profile_edited_as_yaml_still_works_and_a_broken_one_says_so(server, tmp_path):
+    profile = tmp_path / ".config" / "podshell" / "profile.yaml"
+    profile.parent.mkdir(parents=True)
+    pem = Path(ca(server)).read_text()
+    indented = "".join(f"  {line}\n" for line in pem.splitlines())
+    profile.write_text(f"# by hand\nserver: {server.url}\ntoken: {TOKEN}\ncertificate-authority-data: |\n{indented}")
+    r = cli(tmp_path, "get", "pods", "-n", "team-a")
+    assert r.returncode == 0 and b"web-0" in r.stdout, r.stderr
+    for text, says in (("server: [unclosed\n", b"invalid YAML"), ("- a list\n", b"not a mapping of settings")):
+        profile.write_text(text)
+        r = cli(tmp_path, "get", "pods")
+        assert r.returncode == 1 and says in r.stderr and r.stderr.endswith(b"run podshell login again\n"), r.stderr
+        assert len(r.stderr.splitlines()) == 1
+
+
 def test_errors_are_one_line_with_what_to_do(server, home, tmp_path):
     r = cli(tmp_path, "get", "pods")
     assert r.stderr == b"podshell: no server or token: run podshell login --server https://HOST:PORT --token TOKEN\n"
