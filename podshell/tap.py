@@ -37,6 +37,7 @@ from podshell.gateway.api.front import APIFactory, by_credentials
 from podshell.gateway.api.server import KubeAPI
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.ssh.server import make_factory
+from podshell.heap import keep_buffers_on_the_heap
 from podshell.mtls import ClusterIdentity, NodeServerTLS
 from podshell.node.agent import TrustGateway, gateway_requests
 from podshell.node.inprocess import LocalNode
@@ -210,6 +211,7 @@ def makeService(options: Options) -> MultiService:
 
     loaded: Loaded = options.loaded
     config = loaded.config
+    keep_buffers_on_the_heap()
     top = MultiService()
     audit_path = (
         resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"

@@ -128,3 +128,29 @@ def test_a_signal_travels_only_between_gateway_and_node():
 def test_exit_status_reports_failures_in_words(payload, message):
     with pytest.raises(rc.RemoteFailure, match=message):
         rc.exit_status(payload)
+
+
+@given(st.lists(st.sampled_from([0, 1, 125, 126, 127, 65535, 65536, 70000]), min_size=1, max_size=4), st.data())
+@settings(max_examples=60, deadline=None)
+def test_the_servers_binary_frames_read_back_in_a_websocket_client(lengths, data):
+    """Headers written by hand must frame exactly what wsproto, as a client, reads."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    from podshell.protocols.wsframe import binary_header
+
+    payloads = [bytes([n % 251]) * n for n in lengths]
+    wire = b"".join(binary_header(len(p)) + p for p in payloads)
+    client = Connection(ConnectionType.CLIENT)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=5)))
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        client.receive_data(wire[start:end])
+    got: list[bytes] = []
+    parts = b""
+    for event in client.events():
+        assert isinstance(event, BytesMessage)
+        parts += event.data
+        if event.message_finished:
+            got.append(parts)
+            parts = b""
+    assert got == payloads

@@ -181,3 +181,10 @@ def test_the_embedded_token_is_kept_private_and_reads_as_a_value(tmp_path):
     assert own_token(state) in tokens and len(tokens) == 21
     assert all(len(t) == 64 and int(t, 16) >= 0 for t in tokens)
     assert (state / "token").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_server_keeps_bulk_buffers_on_the_heap():
+    """glibc here: both thresholds are accepted (see podshell.heap for why they matter)."""
+    from podshell.heap import keep_buffers_on_the_heap
+
+    assert keep_buffers_on_the_heap() is True

@@ -25,6 +25,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.handshake import H11Handshake
 from zope.interface import implementer
 
+from podshell.protocols.wsframe import binary_header
 from podshell.transports import StreamTransport
 
 MAX_MESSAGE = 1 << 20
@@ -98,8 +99,10 @@ class WebSocketEndpoint(Protocol):
             return
         if isinstance(message, str):
             self._write(self.ws.send(TextMessage(data=message)))
-        else:
+        elif self.ws.client:  # a client masks what it sends: wsproto frames it
             self._write(self.ws.send(BytesMessage(data=message)))
+        elif self.transport is not None and not self._done:
+            self.transport.writeSequence((binary_header(len(message)), message))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a status code (kubectl takes only 1000 as a clean end),

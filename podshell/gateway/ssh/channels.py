@@ -4,8 +4,9 @@ connections inside a pod (``ssh -L`` and ``ssh -R``).
 Conch's own forwarding channels lose half-close and buffer without bound;
 these do neither:
 
-  - towards the client: when the client's window is full, the source (a
-    process or a TCP connection) is paused;
+  - towards the client: when the client's window is full, or the connection's
+    own send buffer is (L{PodConnection} is the producer for the client's TCP
+    connection), the source (a process or a TCP connection) is paused;
   - from the client: the channel is the producer of what it writes into the
     destination; when the destination stops reading, the channel stops
     granting window (L{PodConnection.adjustWindow}) until it resumes;
@@ -46,6 +47,21 @@ class PodChannel(SSHChannel):
         kw.setdefault("localWindow", WINDOW)
         kw.setdefault("localMaxPacket", PACKET)
         super().__init__(**kw)
+
+    # Towards the client: the source runs while the client's window is open
+    # and the connection is not holding everyone back.
+    def pauseSource(self) -> None:
+        """Stop reading what goes to the client."""
+
+    def resumeSource(self) -> None:
+        """Read what goes to the client again."""
+
+    def stopWriting(self) -> None:
+        self.pauseSource()
+
+    def startWriting(self) -> None:
+        if not self.connection.sendingPaused:
+            self.resumeSource()
 
     def sendEOFWhenDrained(self) -> None:
         self._eofPending = True
@@ -143,6 +159,8 @@ class StreamChannel(PodChannel):
 
     def channelOpen(self, specificData: bytes) -> None:
         self.pipe.attach(self)
+        if self.connection.sendingPaused:
+            self.pauseSource()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -166,10 +184,9 @@ class StreamChannel(PodChannel):
         self._tcpDone = True
         self.loseConnection()
 
-    # Towards the client: pause the TCP source while the client's window is full.
-    def stopWriting(self) -> None:
+    def pauseSource(self) -> None:
         self.pipe.tcp.pauseProducing()
 
-    def startWriting(self) -> None:
+    def resumeSource(self) -> None:
         if not self._tcpDone:
             self.pipe.tcp.resumeProducing()

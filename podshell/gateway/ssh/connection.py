@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import cast
 
 from twisted.conch.ssh import common, connection
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from podshell.gateway.ssh.channels import PodChannel
 from podshell.logs import conch_logger
+from podshell.transports import StreamTransport
 
 
 class OpenFailed(Exception):
@@ -28,12 +33,35 @@ class OpenFailed(Exception):
         self.reason = reason
 
 
+@implementer(IPushProducer)
 class PodConnection(connection.SSHConnection):
     _log = log = conch_logger
+    sendingPaused = False
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
         self._replies: deque[list] = deque()
+        # The producer for the client's TCP connection: when its send buffer
+        # fills, every channel's source pauses, so what waits in memory is that
+        # buffer, not each channel's window (2 MiB) of packets, re-joined by the
+        # transport on every write.
+        assert self.transport is not None and self.transport.transport is not None
+        cast(StreamTransport, self.transport.transport).registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.sendingPaused = True
+        for channel in list(self.channels.values()):
+            if isinstance(channel, PodChannel):
+                channel.pauseSource()
+
+    def resumeProducing(self) -> None:
+        self.sendingPaused = False
+        for channel in list(self.channels.values()):
+            if isinstance(channel, PodChannel) and channel.areWriting and not channel.closing:
+                channel.resumeSource()
+
+    def stopProducing(self) -> None:
+        """The client's connection is gone; serviceStopped closes the channels."""
 
     # Channel opens may take time and may fail with a reason.
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
@@ -36,6 +37,7 @@ from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
 from podshell.gateway.ssh.connection import PodConnection
 from podshell.logs import conch_logger
+from podshell.transports import StreamTransport
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
@@ -68,6 +70,13 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
         # of its handshake packets would wait for our delayed ACK of the last.
         if self.transport is not None and not isinstance(self.service, PodConnection):
             ack_now(self.transport)
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        # A TCP transport whose streaming producer is paused never finishes
+        # closing: let the connection service's registration go first.
+        if self.transport is not None and getattr(self.transport, "producer", None) is not None:
+            cast(StreamTransport, self.transport).unregisterProducer()
+        super().sendDisconnect(reason, desc)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """A client saying goodbye (what ``ssh`` does after every command) is no error."""

@@ -119,6 +119,8 @@ class SessionChannel(PodChannel):
             self._refuse(str(e))
             return 1
         self.process.registerProducer(self, True)
+        if self.connection.sendingPaused:
+            self.pauseSource()
         if self._eofBeforeStart:
             self.process.closeStdin()
         return 1
@@ -171,11 +173,10 @@ class SessionChannel(PodChannel):
         self.sendEOFWhenDrained()
         self.loseConnection()
 
-    # Towards the client: pause the process while the client's window is full.
-    def stopWriting(self) -> None:
+    def pauseSource(self) -> None:
         if self.process is not None:
             self.process.pauseProducing()
 
-    def startWriting(self) -> None:
+    def resumeSource(self) -> None:
         if self.process is not None:
             self.process.resumeProducing()
