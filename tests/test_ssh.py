@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import pty
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -354,6 +356,40 @@ def test_local_forward_to_a_destination_that_never_reads_keeps_memory_flat(forwa
         growth = server.rss - before
     assert sent < 300 << 20, "the forward never pushed back"
     assert growth < 40 << 20, f"server grew {growth >> 20} MiB"
+
+
+def test_a_client_that_stops_reading_pauses_every_channel_at_its_source(alice, server):
+    """16 downloads stream until the ssh client is stopped; what their windows
+    still allow must then wait at the sources, not pile up in the server."""
+    local = free_port()
+    client = alice.background("team-a.web-0", "-N", "-L", f"{local}:localhost:{SOURCE_PORT}")
+    socks: list[socket.socket] = []
+    stop = threading.Event()
+
+    def drain(s: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set() and s.recv(1 << 20):
+                pass
+
+    try:
+        wait_port(local)
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", local))
+            s.sendall(f"{1 << 40}\n".encode())
+            socks.append(s)
+            threading.Thread(target=drain, args=(s,), daemon=True).start()
+        time.sleep(2)
+        before = server.rss
+        os.kill(client.pid, signal.SIGSTOP)
+        time.sleep(3)
+        growth = server.rss - before
+        assert growth < 6 << 20, f"server grew {growth >> 20} MiB behind a stopped client"
+    finally:
+        stop.set()
+        os.kill(client.pid, signal.SIGKILL)
+        client.wait(10)
+        for s in socks:
+            s.close()
 
 
 def test_local_forward_errors(alice):
