@@ -328,11 +328,23 @@ def _tree_uss(pid: int) -> tuple[int, int]:
     for proc in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             uss = proc.memory_full_info().uss
-            if _is_shell(proc) or any(_is_shell(p) for p in proc.parents()):
+            if _is_shell(proc) or _under_a_shell(proc, pid):
                 shells += uss
             else:
                 server += uss
     return server, shells
+
+
+def _under_a_shell(proc: psutil.Process, root: int) -> bool:
+    """Whether a shell lies between C{proc} and the server's first process."""
+    if proc.pid == root:
+        return False
+    for parent in proc.parents():  # nearest first
+        if parent.pid == root:
+            return False
+        if _is_shell(parent):
+            return True
+    return False
 
 
 def _wait_sessions(pid: int, count: int, timeout: float = 300) -> int:

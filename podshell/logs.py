@@ -5,8 +5,23 @@ What happened in a session is in the audit log."""
 
 from __future__ import annotations
 
-from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher
+from typing import Any
 
-conch_logger = Logger(
-    observer=FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])
-)
+from twisted.logger import Logger, LogLevel
+
+
+class _WarningsAndUp(Logger):
+    """Drops debug and info before an event is built, and is one logger for
+    every class that uses it: Conch looks its class-attribute logger up (a
+    descriptor that makes a new L{Logger} each time) for every packet and
+    channel event: profiled, a tenth of the server's CPU time per exec."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> _WarningsAndUp:
+        return self
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if level >= LogLevel.warn:
+            super().emit(level, format, **kwargs)
+
+
+conch_logger = _WarningsAndUp(namespace="twisted.conch")
