@@ -236,6 +236,15 @@ class Bench:
         kube = median_ms(
             lambda: subprocess.run([KUBECTL or "kubectl", "exec", "bench", "--", "true"], env=env, check=True), times
         )
+        # What each client costs before it sends a byte: its own start-up.
+        clients = {"podshell --version": [podshell_bin, "--version"],
+                   "kubectl version --client": [KUBECTL or "kubectl", "version", "--client"]}  # fmt: skip
+        starts = {
+            label: median_ms(lambda argv=argv: subprocess.run(argv, capture_output=True), times)
+            for label, argv in clients.items()
+        }
+        self.results["client start-up alone (ms)"] = starts
+        print(f"  start-up alone: {', '.join(f'{k} {v} ms' for k, v in starts.items())}", flush=True)
         self.results["nsenter floor"] = {"ms": floor}
         self.record("podshell exec true: ms over nsenter, vs 15", round(cli - floor, 1), 15.0, "ms", "<=1.0", False)
         self.record("kubectl exec true: ms over nsenter, vs 15", round(kube - floor, 1), 15.0, "ms", "<=1.0", False)
