@@ -64,6 +64,7 @@ class Stall(socketserver.BaseRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = 256  # 100 forwards connecting at once must not wait on SYN retries
 
 
 if __name__ == "__main__":
