@@ -29,7 +29,8 @@ CONNECT_TIMEOUT = 5.0
 
 # Bytes read from a pod's port at a time: fewer trips through framing and TLS
 # per byte than Twisted's 64 KiB (a fifth more port-forward throughput, measured;
-# see podshell.heap for what it takes from the allocator).
+# see podshell.heap for what it takes from the allocator).  Twisted also lets
+# this much wait towards the pod before it pauses whoever writes there.
 READ_SIZE = 256 * 1024
 
 
