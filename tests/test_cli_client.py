@@ -116,6 +116,28 @@ def test_login_saves_a_private_profile(server, tmp_path):
     assert TOKEN in profile.read_text() and "BEGIN CERTIFICATE" in profile.read_text()
 
 
+def test_the_token_can_come_from_a_file_or_standard_input(server, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    login = ["login", "--server", server.url, "--certificate-authority", ca(server)]
+    r = cli(tmp_path, *login, "--token-file", str(token_file))
+    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path, "get", "pods", "-n", "team-a", "--token-file", "-", input=TOKEN.encode())
+    assert r.returncode == 0 and b"web-0" in r.stdout, r.stderr
+    for args, stdin, says in (
+        (
+            ["--token-file", str(token_file), "--token", TOKEN],
+            b"",
+            b"podshell: give --token or --token-file, not both\n",
+        ),
+        (["--token-file", "-"], b"  \n", b"podshell: standard input holds no token (one word expected)\n"),
+        (["--token-file", str(tmp_path / "nope")], b"", b"cannot read the token from " + str(tmp_path).encode()),
+    ):
+        r = cli(tmp_path, *login, *args, input=stdin)
+        assert r.returncode == 1 and r.stderr.startswith(says if says.startswith(b"podshell") else b"podshell: " + says)
+        assert len(r.stderr.splitlines()) == 1
+
+
 def test_a_profile_edited_as_yaml_still_works_and_a_broken_one_says_so(server, tmp_path):
     profile = tmp_path / ".config" / "podshell" / "profile.yaml"
     profile.parent.mkdir(parents=True)

@@ -140,14 +140,14 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
     r = run(["kubectl", "exec", "demo", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (r.returncode, r.stdout, r.stderr.splitlines()[0]) == (3, b"out\n", b"err")
     podshell = str(Path(sys.executable).parent / "podshell")
-    token = (state / "token").read_text().strip()
     r = run(
         [
             podshell,
             "login",
             "--server",
             "https://127.0.0.1:8443",
-            f"--token={token}",
+            "--token-file",
+            str(state / "token"),
             "--certificate-authority",
             str(state / "ca.crt"),
         ]

@@ -137,12 +137,13 @@ def _get_pods(args: argparse.Namespace) -> int:
 
 def _login(args: argparse.Namespace) -> int:
     from podshell.cli.api import API
-    from podshell.cli.profile import Profile, read_ca
+    from podshell.cli.profile import Profile, given_token, read_ca
 
-    if not args.server or not args.token:
-        raise CLIError("podshell login needs --server https://HOST:PORT and --token TOKEN")
+    token = given_token(args)
+    if not args.server or not token:
+        raise CLIError("podshell login needs --server https://HOST:PORT and --token TOKEN (or --token-file FILE)")
     ca = read_ca(args.certificate_authority) if args.certificate_authority else None
-    profile = Profile(args.server.rstrip("/"), args.token, ca, args.insecure_skip_tls_verify)
+    profile = Profile(args.server.rstrip("/"), token, ca, args.insecure_skip_tls_verify)
     API(profile).get("/api")  # proves the server, its certificate and the token
     path = profile.save()
     print(f"Logged in to {profile.server}; profile saved in {path} (readable by you only).")
@@ -275,7 +276,7 @@ def parser() -> argparse.ArgumentParser:
 
     login = _connection_command(
         commands, "login", "save a server and token for the other commands",
-        "example:\n  podshell login --server https://gw:8443 --token T --certificate-authority ca.crt\n\n"
+        "example:\n  podshell login --server https://gw:8443 --token-file token --certificate-authority ca.crt\n\n"
         "The profile goes to ~/.config/podshell/profile.yaml (mode 0600), with the CA inside it.",
     )  # fmt: skip
     login.set_defaults(run=_login)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection (override the saved profile and PODSHELL_SERVER/PODSHELL_TOKEN)")
     group.add_argument("--server", help="the API server, https://HOST:PORT")
     group.add_argument("--token", help="a bearer token")
+    group.add_argument(
+        "--token-file", metavar="FILE", help="read the token from FILE (- for standard input), out of the process list"
+    )
     group.add_argument("--certificate-authority", metavar="FILE", help="the CA that signed the server's certificate")
     group.add_argument(
         "--insecure-skip-tls-verify", action="store_true", help="do not verify the server's certificate (unsafe)"
@@ -72,7 +76,7 @@ def resolve(args: argparse.Namespace) -> Profile:
     if path.exists():
         saved = _load(path)
     server = args.server or os.environ.get("PODSHELL_SERVER") or saved.get("server")
-    token = args.token or os.environ.get("PODSHELL_TOKEN") or saved.get("token")
+    token = given_token(args) or os.environ.get("PODSHELL_TOKEN") or saved.get("token")
     if not server or not token:
         raise CLIError("no server or token: run podshell login --server https://HOST:PORT --token TOKEN")
     ca_pem = saved.get("certificate-authority-data")
@@ -80,6 +84,23 @@ def resolve(args: argparse.Namespace) -> Profile:
         ca_pem = read_ca(args.certificate_authority)
     insecure = args.insecure_skip_tls_verify or bool(saved.get("insecure-skip-tls-verify"))
     return Profile(server.rstrip("/"), token, ca_pem, insecure)
+
+
+def given_token(args: argparse.Namespace) -> str | None:
+    """The token from C{--token} or C{--token-file}, if either was given."""
+    if args.token_file is None:
+        return args.token
+    if args.token is not None:
+        raise CLIError("give --token or --token-file, not both")
+    where = "standard input" if args.token_file == "-" else args.token_file
+    try:
+        text = sys.stdin.read() if args.token_file == "-" else Path(args.token_file).read_text()
+    except OSError as e:
+        raise CLIError(f"cannot read the token from {where}: {e.strerror}") from None
+    token = text.strip()
+    if not token or len(token.split()) != 1:
+        raise CLIError(f"{where} holds no token (one word expected)")
+    return token
 
 
 def _load(path: Path) -> dict:
