@@ -30,11 +30,9 @@ def port_of(address: IAddress) -> int:
 
 def set_no_delay(transport: object) -> None:
     """TCP_NODELAY on a TCP (or TLS-over-TCP) transport; others are left alone."""
-    while transport is not None:
-        if hasattr(transport, "setTcpNoDelay"):
-            transport.setTcpNoDelay(True)
-            return
-        transport = getattr(transport, "transport", None)
+    sock = _tcp_socket(transport)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _tcp_socket(transport: object) -> socket.socket | None:

@@ -101,8 +101,8 @@ class WebSocketEndpoint(Protocol):
             self._write(self.ws.send(TextMessage(data=message)))
         elif self.ws.client:  # a client masks what it sends: wsproto frames it
             self._write(self.ws.send(BytesMessage(data=message)))
-        elif self.transport is not None and not self._done:
-            self.transport.writeSequence((binary_header(len(message)), message))
+        else:
+            self._write(binary_header(len(message)), message)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a status code (kubectl takes only 1000 as a clean end),
@@ -125,9 +125,9 @@ class WebSocketEndpoint(Protocol):
             self.tcp.unregisterProducer()
             self.tcp.loseConnection()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, *pieces: bytes) -> None:
         if self.transport is not None and not self._done:
-            self.transport.write(data)
+            self.transport.writeSequence(pieces)
 
 
 @implementer(IPushProducer)

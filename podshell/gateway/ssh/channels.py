@@ -56,6 +56,11 @@ class PodChannel(SSHChannel):
     def resumeSource(self) -> None:
         """Read what goes to the client again."""
 
+    def sourceStarted(self) -> None:
+        """A source that starts while the connection holds everyone back waits too."""
+        if self.connection.sendingPaused:
+            self.pauseSource()
+
     def stopWriting(self) -> None:
         self.pauseSource()
 
@@ -159,8 +164,7 @@ class StreamChannel(PodChannel):
 
     def channelOpen(self, specificData: bytes) -> None:
         self.pipe.attach(self)
-        if self.connection.sendingPaused:
-            self.pauseSource()
+        self.sourceStarted()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)

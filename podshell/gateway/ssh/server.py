@@ -17,6 +17,7 @@ from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.service import SSHService
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
@@ -64,12 +65,19 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
         set_no_delay(self.transport)
         super().connectionMade()
 
+    # Until the user is authenticated the client runs with Nagle on, and each of
+    # its handshake packets would wait for our delayed ACK of the one before.
+    _ackAtOnce = True
+
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
-        # Until the user is authenticated the client runs with Nagle on, and each
-        # of its handshake packets would wait for our delayed ACK of the last.
-        if self.transport is not None and not isinstance(self.service, PodConnection):
+        if self._ackAtOnce and self.transport is not None:
             ack_now(self.transport)
+
+    def setService(self, service: SSHService) -> None:
+        if isinstance(service, PodConnection):
+            self._ackAtOnce = False  # logged in
+        super().setService(service)
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         # A TCP transport whose streaming producer is paused never finishes
@@ -155,6 +163,7 @@ class PodRealm:
 
     def requestAvatar(self, login: KeyLogin, peer: str, *interfaces: object) -> tuple:  # type: ignore[override]
         if IConchUser not in interfaces:
+            # What twisted.cred asks of a realm that has none of the interfaces.
             raise NotImplementedError("only SSH users log in here")
         target = self.gate.locate(login.identity, login.target, peer, "ssh")
         user = PodUser(login.identity, target, peer, self.gate, self.cluster, self.accept_env)

@@ -119,8 +119,7 @@ class SessionChannel(PodChannel):
             self._refuse(str(e))
             return 1
         self.process.registerProducer(self, True)
-        if self.connection.sendingPaused:
-            self.pauseSource()
+        self.sourceStarted()
         if self._eofBeforeStart:
             self.process.closeStdin()
         return 1
