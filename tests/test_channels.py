@@ -154,3 +154,79 @@ def test_the_servers_binary_frames_read_back_in_a_websocket_client(lengths, data
             got.append(parts)
             parts = b""
     assert got == payloads
+
+
+class _App:
+    def opened(self, ws):
+        pass
+
+    def messageReceived(self, payload, text):
+        pass
+
+    def closed(self):
+        pass
+
+
+def _held_endpoint(seconds: float):
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from wsproto.connection import Connection, ConnectionType
+
+    from podshell.gateway.api.websocket import WebSocketEndpoint
+
+    clock = Clock()
+    endpoint = WebSocketEndpoint(Connection(ConnectionType.SERVER), _App(), clock)
+    endpoint.hold(seconds)
+    transport = StringTransport()
+    endpoint.makeConnection(transport)
+    return endpoint, transport, clock
+
+
+def _client_reads(wire: bytes) -> list:
+    from wsproto.connection import Connection, ConnectionType
+
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(wire)
+    return list(client.events())
+
+
+def test_a_held_endpoint_sends_its_messages_and_close_in_order_after_the_hold():
+    from wsproto.events import BytesMessage, CloseConnection
+
+    endpoint, transport, clock = _held_endpoint(0.02)
+    endpoint.send(b"\x01out\n")
+    endpoint.send(b"\x03status")
+    endpoint.close(1000)
+    assert transport.value() == b""
+    clock.advance(0.02)
+    events = _client_reads(transport.value())
+    assert [e.data for e in events if isinstance(e, BytesMessage)] == [b"\x01out\n", b"\x03status"]
+    assert isinstance(events[-1], CloseConnection) and events[-1].code == 1000
+
+
+def test_a_hold_lets_go_early_rather_than_pile_up_output():
+    from podshell.gateway.api.websocket import HOLD_LIMIT
+
+    endpoint, transport, _ = _held_endpoint(10)
+    endpoint.send(b"\x01" + b"x" * HOLD_LIMIT)
+    assert len(transport.value()) > HOLD_LIMIT
+    endpoint.send(b"\x01more")  # the hold is over
+    assert transport.value().endswith(b"\x01more")
+
+
+@pytest.mark.parametrize(
+    "agent, held",
+    [
+        ("kubectl.1.31/v1.31.9 (linux/amd64) kubernetes/abc", True),
+        ("kubectl/v1.29.14 (linux/amd64) kubernetes/abc", True),
+        ("kubectl/v1.32.5 (linux/amd64) kubernetes/abc", True),
+        ("kubectl/v1.33.1 (linux/amd64) kubernetes/abc", False),
+        ("kubectl/v1.28.15 (linux/amd64) kubernetes/abc", False),
+        ("OpenAPI-Generator/31.0.0/python", False),
+        ("", False),
+    ],
+)
+def test_only_clients_that_read_before_their_streams_are_held(agent, held):
+    from podshell.gateway.api.server import _reads_before_its_streams
+
+    assert _reads_before_its_streams(agent) is held

@@ -36,6 +36,9 @@ from podshell.target import Target, TargetError
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward))?$")
 _NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
+# How long exec output waits after the upgrade for clients that read before
+# they are ready for it (L{_reads_before_its_streams}).
+STREAMS_NOT_READY_HOLD = 0.02
 _DENIED = {"forbidden": (403, "Forbidden"), "not-found": (404, "NotFound"), "invalid": (400, "BadRequest")}
 # What a node agent needs of the client's upgrade request; the rest (its
 # credentials above all) stays at the gateway.
@@ -166,9 +169,9 @@ class KubeAPI:
         else:
             start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731
         if upgrade == "websocket":
-            return self._websocket(
-                request, protocol, ChannelCommand(protocol, options, granted.session, command, start)
-            )
+            app = ChannelCommand(protocol, options, granted.session, command, start)
+            hold = STREAMS_NOT_READY_HOLD if _reads_before_its_streams(request.header("user-agent") or "") else 0.0
+            return self._websocket(request, protocol, app, hold)
         return self._spdy(
             protocol, lambda server: SpdyCommand(server, protocol, options, granted.session, command, start)
         )
@@ -214,11 +217,13 @@ class KubeAPI:
         headers = [(k, v) for k, v in request.headers if k in _PASSED_ON]
         return self.cluster.node(granted).upgrade(granted, target, headers)
 
-    def _websocket(self, request: Request, protocol: str, app: MessageApp) -> Upgrade:
+    def _websocket(self, request: Request, protocol: str, app: MessageApp, hold: float = 0.0) -> Upgrade:
         def switch(transport: ITransport, trailing: bytes) -> IProtocol:
             data, ws = websocket.accept(request.raw_headers, request.target, protocol)
             transport.write(data)
             endpoint = websocket.WebSocketEndpoint(ws, app, self.reactor)
+            if hold:
+                endpoint.hold(hold)
             endpoint.makeConnection(transport)
             if trailing:
                 endpoint.dataReceived(trailing)
@@ -285,11 +290,25 @@ def _env(values: list[str]) -> dict[str, str]:
     return env
 
 
+def _kubectl_minor(user_agent: str) -> int | None:
+    m = re.match(r"kubectl(?:\.[\d.]+)?/v1\.(\d+)", user_agent)
+    return int(m[1]) if m else None
+
+
 def _errors_are_harmless(user_agent: str) -> bool:
     """Whether port-forward error text is safe to send: kubectl 1.23 and
     later end the whole forward when any arrives (kubernetes PR #103526)."""
-    m = re.match(r"kubectl(?:\.[\d.]+)?/v1\.(\d+)", user_agent)
-    return m is None or int(m[1]) < 23
+    minor = _kubectl_minor(user_agent)
+    return minor is None or minor < 23
+
+
+def _reads_before_its_streams(user_agent: str) -> bool:
+    """kubectl 1.29-1.32 start reading an exec's WebSocket before they have
+    made its streams, and drop what comes first ("Unknown stream id 1,
+    discarding message"; kubernetes issue #131189, fixed in 1.33).  A real
+    container's start hides that; ours starts in a millisecond or two."""
+    minor = _kubectl_minor(user_agent)
+    return minor is not None and 29 <= minor <= 32
 
 
 def _wants_table(request: Request) -> bool:

@@ -12,11 +12,12 @@ over channels, or the SPDY tunnel.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol as TypingProtocol
 from typing import cast
 
-from twisted.internet.interfaces import IAddress, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from wsproto import ConnectionType
@@ -30,6 +31,7 @@ from podshell.transports import StreamTransport
 
 MAX_MESSAGE = 1 << 20
 CLOSE_GRACE = 5.0
+HOLD_LIMIT = 1 << 20  # what a hold may keep back before it lets go early
 
 
 def accept(raw_headers: Sequence[tuple[bytes, bytes]], target: bytes, subprotocol: str) -> tuple[bytes, Connection]:
@@ -58,6 +60,22 @@ class WebSocketEndpoint(Protocol):
         self._parts: list[bytes] = []
         self._size = 0
         self._done = False
+        self._held: list[Callable[[], None]] = []
+        self._heldBytes = 0
+        self._holding: IDelayedCall | None = None
+
+    def hold(self, seconds: float) -> None:
+        """Keep what is sent (messages and the close) back for a moment after
+        the upgrade, for a client that reads before it is ready to receive."""
+        self._holding = self.reactor.callLater(seconds, self._release)
+
+    def _release(self) -> None:
+        if self._holding is not None and self._holding.active():
+            self._holding.cancel()
+        self._holding = None
+        held, self._held = self._held, []
+        for step in held:
+            step()
 
     @property
     def tcp(self) -> StreamTransport:
@@ -91,11 +109,20 @@ class WebSocketEndpoint(Protocol):
                 self._drop()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._holding is not None:
+            self._holding.cancel()
+            self._holding = None
         self.app.closed()
 
     def send(self, message: bytes | str) -> None:
         """A binary (bytes) or text (str) message; dropped once closing."""
         if self.ws.state is not ConnectionState.OPEN:
+            return
+        if self._holding is not None:
+            self._held.append(partial(self.send, message))
+            self._heldBytes += len(message)
+            if self._heldBytes > HOLD_LIMIT:
+                self._release()
             return
         if isinstance(message, str):
             self._write(self.ws.send(TextMessage(data=message)))
@@ -108,6 +135,9 @@ class WebSocketEndpoint(Protocol):
         """Close with a status code (kubectl takes only 1000 as a clean end),
         then give the client a moment to answer before dropping TCP."""
         if self._done:
+            return
+        if self._holding is not None:
+            self._held.append(partial(self.close, code, reason))
             return
         if self.ws.state is ConnectionState.OPEN:
             self._write(self.ws.send(CloseConnection(code=code, reason=reason)))
