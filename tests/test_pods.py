@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -198,6 +199,79 @@ async def test_ctrl_c_on_a_pty_interrupts_the_foreground_command(start_pods, spa
     assert await sink.done == ExitStatus(signal="INT")
 
 
+@pytest_twisted.ensureDeferred
+async def test_every_child_is_in_a_session_of_its_own(start_pods, spawner):
+    """Not in the server's session or process group: a Ctrl-C on its terminal
+    must not reach sandboxes, containers (a tty one too) or commands."""
+    runtime = await start_pods(
+        [
+            pod(
+                "web-0",
+                {"name": "main", "command": ["sleep", "3600"]},
+                {"name": "console", "command": ["sleep", "3600"], "tty": True, "stdin": True},
+            )
+        ]
+    )
+    handle = runtime.resolve("default", "web-0", "main")
+    sessions = [spawner.process(handle, ["sleep", "3600"], Collect(), tty=tty) for tty in (False, True)]
+    try:
+        await wait_for(lambda: len(children()) >= 1 + 2 * 2 + 2)  # a sandbox, 2 containers (helper, command), 2 execs
+        for child in children():
+            with contextlib.suppress(ProcessLookupError):
+                assert os.getsid(child.pid) != os.getsid(0), child.cmdline()
+                assert os.getpgid(child.pid) != os.getpgid(0), child.cmdline()
+    finally:
+        for session in sessions:
+            await session.terminate(0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hangup_reaches_the_whole_process_group(start_pods, spawner):
+    """In a session of its own, a command is still the leader of its group:
+    a hangup ends its children too, with or without a terminal."""
+    runtime = await start_pods(two_containers(free_port()))
+    handle = runtime.resolve("team-a", "web-0", "client")
+    for tty in (False, True):
+        sink = Collect()
+        session = spawner.process(handle, ["sh", "-c", "sleep 1005 & wait"], sink, tty=tty)
+        await wait_for(lambda: bool(jobs("1005")))
+        session.signal("HUP")
+        assert await with_timeout(sink.done, 10) == ExitStatus(signal="HUP")
+        await wait_for(lambda: not jobs("1005"))  # dead (a zombie: the pod's PID 1 does not reap)
+
+
+def jobs(duration: str) -> list[psutil.Process]:
+    """The live C{sleep duration} processes under this one."""
+    found = []
+    for p in children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE and p.cmdline() == ["sleep", duration]:
+                found.append(p)
+    return found
+
+
+def children() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_terminal_ends_with_its_command_despite_a_background_job(start_pods, spawner):
+    """As in sshd: the job holds the terminal, the session ends anyway with
+    everything the command wrote before it exited, and the job runs on."""
+    runtime = await start_pods(two_containers(free_port()))
+    handle = runtime.resolve("team-a", "web-0", "client")
+    sink = Collect()
+    script = "trap '' HUP; sleep 1000 & head -c 30000 /dev/zero | tr '\\0' x; echo last-words; exit 4"
+    spawner.process(handle, ["sh", "-c", script], sink, tty=True)
+    assert await with_timeout(sink.done, 10) == ExitStatus(code=4)
+    assert bytes(sink.out) == b"x" * 30000 + b"last-words\r\n"
+    assert jobs("1000")  # the pod's end ends it
+
+
+def with_timeout(d: defer.Deferred, seconds: float) -> defer.Deferred:
+    return d.addTimeout(seconds, reactor)
+
+
 class SlowReader(Collect):
     """Holds what it reads and drains it only every few milliseconds, pausing
     the session while more than `limit` bytes are held."""
@@ -266,8 +340,9 @@ async def test_sockets_inside_the_pod_with_half_close_and_refusal(start_pods, sp
     assert await proto.done == b"got 300000"
     with pytest.raises(PortRefused, match=f"nothing listens on localhost:{port + 1} in pod team-a/web-0"):
         await spawner.connect(handle, port + 1, protocol.Factory.forProtocol(Client))
-    with pytest.raises(ValueError, match="not an IP address or localhost"):
-        await spawner.connect(handle, port, protocol.Factory.forProtocol(Client), host="example.com")
+    for outside in ("example.com", "10.1.2.3", "0.0.0.0"):  # the node refuses, whatever a gateway let through
+        with pytest.raises(ValueError, match="is not on the pod's loopback"):
+            await spawner.connect(handle, port, protocol.Factory.forProtocol(Client), host=outside)
 
 
 @pytest_twisted.ensureDeferred

@@ -171,23 +171,23 @@ def _home_of(uid: int) -> str:
 
 
 def _child(spec: dict) -> None:
-    """In the helper's forked child: become the command."""
+    """In the helper's forked child: become the command, in a session of
+    its own (a hangup reaches its children too), on the helper's terminal
+    if it has one."""
+    os.setsid()
     if spec.get("tty"):
-        os.setsid()
         fcntl.ioctl(0, _TIOCSCTTY, 1)
     become(spec, dict(os.environ))
 
 
 def become(spec: dict, env: dict[str, str]) -> None:
-    """Become the command of C{spec}, already inside its namespaces and
-    session: death signal, process group, user, directory, then exec."""
+    """Become the command of C{spec}, already inside its namespaces and in
+    a session of its own: death signal, user, directory, then exec."""
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != 0:  # our parent is outside this pid namespace: 0 while it lives
             os._exit(1)  # it died before the death signal was set
-        if not spec.get("tty"):
-            os.setpgid(0, 0)  # its own group, so a hangup reaches its children too
         if "pid" in spec.get("new", ()):
             _check(
                 _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),

@@ -45,6 +45,9 @@ from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, Pro
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ALL_NAMESPACES = ["ipc", "uts", "net", "pid", "mnt"]
 READ_SIZE = 65536
+# What we read of a terminal once its command has exited: more than it holds,
+# and a bound, for a job that keeps writing to it must not keep us reading.
+DRAIN_LIMIT = 1 << 20
 
 
 class ProcessSink(Protocol):
@@ -62,6 +65,7 @@ class _HelperProcess(Protocol):
     though C{IProcessTransport} does not promise all of it."""
 
     pid: int | None
+    connected: int
 
     def write(self, data: bytes) -> None: ...
 
@@ -70,6 +74,8 @@ class _HelperProcess(Protocol):
     def fileno(self) -> int: ...
 
     def signalProcess(self, signalID: str | int) -> None: ...
+
+    def connectionLost(self, reason: Failure) -> None: ...
 
     def registerProducer(self, producer: object, streaming: bool) -> None: ...
 
@@ -112,6 +118,30 @@ class ProcessSession(ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         self.bytes_out += len(data)
         self.sink.errReceived(data)
+
+    def processExited(self, reason: Failure) -> None:
+        """The command is gone, but a job it left in the background may hold
+        the terminal open.  Like sshd, end the session anyway: take what the
+        terminal still has (the last words before an C{exit}), then close it;
+        the job runs on.  Pipes are another matter: sshd waits for their
+        EOF, and so do we."""
+        process = self.process
+        if not self.tty or not process.connected:
+            return
+        fd, left = process.fileno(), DRAIN_LIMIT
+        while left > 0:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:  # EAGAIN: nothing more; EIO: nobody holds the terminal
+                break
+            if not data:
+                break
+            left -= len(data)
+            self.childDataReceived(1, data)
+        # Now, not once written: input for a shell that is gone could wait
+        # forever for a job that never reads it.
+        process.unregisterProducer()
+        process.connectionLost(Failure(CONNECTION_DONE))
 
     def processEnded(self, reason: Failure) -> None:
         self.status = ExitStatus.fromFailure(reason)
@@ -254,7 +284,26 @@ class _BornInContainer:
         nsexec.become(self._spec, dict(self._env))
 
 
-class _CommandProcess(_BornInContainer, Process):
+class _OwnSession:
+    """A child without a terminal, in a session of its own, as a terminal's
+    child is in Twisted's C{PTYProcess}: pods are not part of the server's
+    job.  A Ctrl-C on the terminal of a foreground C{twistd} stops the
+    server, which stops its pods as promised (SIGTERM, then SIGKILL),
+    instead of reaching them as SIGINT first."""
+
+    def _trySpawnInsteadOfFork(self, *args: object) -> bool:
+        return False  # Twisted's posix_spawn makes no session
+
+    def _setupChild(self, *args: object, **kwargs: object) -> None:
+        os.setsid()
+        super()._setupChild(*args, **kwargs)  # type: ignore[misc]
+
+
+class _NsexecProcess(_OwnSession, Process):
+    """The L{nsexec} helper of a sandbox or a container without a terminal."""
+
+
+class _CommandProcess(_OwnSession, _BornInContainer, Process):
     def __init__(self, reactor, spec: dict, env: dict[str, str], proto: ProcessProtocol) -> None:
         self._spec, self._env = spec, env
         Process.__init__(self, reactor, sys.executable, [sys.executable], {}, None, proto)
@@ -318,7 +367,10 @@ class Spawner:
             raise
         if not direct:
             argv = [self._python, "-I", "-S", nsexec.__file__, json.dumps(spec)]
-            process = self._reactor.spawnProcess(session, self._python, argv, env=dict(env), usePTY=usePTY)
+            if isinstance(usePTY, tuple):  # its own session already: the terminal's
+                process = PTYProcess(self._reactor, self._python, argv, dict(env), None, session, usePTY=usePTY)
+            else:
+                process = _NsexecProcess(self._reactor, self._python, argv, dict(env), None, session)
         if tty:
             _read_more(process, lambda data: session.childDataReceived(1, data))
         else:

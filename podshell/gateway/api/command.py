@@ -50,14 +50,20 @@ class CommandSession:
 
     def begin(self, start: Start, sink: Sink, valve: Valve) -> None:
         """Start the target; a slow client pauses it, and a target that does
-        not read its stdin stops us reading the client."""
+        not read its stdin stops us reading the client.  A command asked for
+        without stdin reads EOF at once, as in Kubernetes (whatever the
+        transport: this is where every exec comes, on a node agent too)."""
         try:
             self.target = start(self)
         except TargetError as e:  # the container stopped a moment ago
             self.fail(str(e))
             return
         sink.registerProducer(self.target, True)
-        if not self.ended:
+        if self.ended:
+            return
+        if self.command is not None and not self.options.stdin:  # not an attachment: its stdin is the container's
+            self.target.closeStdin()
+        else:
             self.target.registerProducer(valve.producer("stdin"), True)
 
     # From the client.
@@ -66,7 +72,7 @@ class CommandSession:
             self.target.write(data)
 
     def stdin_closed(self) -> None:
-        if self.target is not None and not self.ended:
+        if self.target is not None and self.options.stdin and not self.ended:
             self.target.closeStdin()
 
     def signal(self, name: str) -> None:
