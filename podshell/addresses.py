@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -17,9 +18,30 @@ def host_port(address: IAddress) -> str:
     return str(address)
 
 
+def join(host: str, port: int) -> str:
+    """C{host:port}, with an IPv6 address in brackets as OpenSSH writes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def ip_of(peer: str) -> str:
     """The IP address in C{host:port} or C{[v6]:port}."""
     return peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+
+
+def pod_loopback(host: str) -> bool:
+    """Whether C{host} is on a pod's own loopback, the only interface a pod
+    has: C{localhost}, 127.0.0.0/8, C{::1} (or 127.x as C{::ffff:127.x}).
+    Other names are not resolved (the gateway's resolver knows nothing of the
+    pod), and any other address is outside the pod: forwarding there would
+    make podshell an open proxy from wherever it runs."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def port_of(address: IAddress) -> int:

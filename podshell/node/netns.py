@@ -21,6 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from podshell.addresses import pod_loopback
 from podshell.node.nsexec import CLONE_NEWNET, enter, setns
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning
 
@@ -38,19 +39,19 @@ class PortRefused(ConnectionRefusedError):
     """Nothing listens on the port inside the pod."""
 
 
-def loopback_addresses(host: str) -> list[tuple[int, tuple]]:
-    """The (family, address) pairs to try for C{host}, which must be a
-    loopback literal or C{localhost}: names are never resolved with the
-    gateway's resolver, and only the pod's own loopback is reachable."""
+def loopback_addresses(host: str, wildcard: bool = False) -> list[tuple[int, tuple]]:
+    """The (family, address) pairs to try for C{host}, which must be on the
+    pod's loopback (L{pod_loopback}), or with C{wildcard} (a listener) also
+    C{0.0.0.0} or C{::}: names are never resolved with the gateway's
+    resolver, and only the pod's own loopback is reachable.
+
+    @raise ValueError: anything else; the node refuses it whatever the gateway let through."""
     if host == "localhost":
         return [(socket.AF_INET, ("127.0.0.1",)), (socket.AF_INET6, ("::1",))]
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return [(family, (host,))]
-    raise ValueError(f"{host!r} is not an IP address or localhost")
+    if not (pod_loopback(host) or (wildcard and host in ("0.0.0.0", "::"))):
+        raise ValueError(f"{host!r} is not on the pod's loopback")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return [(family, (host,))]
 
 
 def _socket_in(handle: ContainerHandle, family: int) -> socket.socket:
@@ -92,7 +93,7 @@ def _connect(handle: ContainerHandle, host: str, port: int) -> socket.socket:
 
 
 def _listen(handle: ContainerHandle, host: str, port: int, backlog: int) -> socket.socket:
-    family, addr = loopback_addresses(host)[0]
+    family, addr = loopback_addresses(host, wildcard=True)[0]
     s = _socket_in(handle, family)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -17,18 +17,19 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from podshell.addresses import port_of
+from podshell.addresses import join, pod_loopback, port_of
 from podshell.auth.identity import Identity
 from podshell.cluster import Cluster
 from podshell.gateway.access import Denied, Gate
 from podshell.gateway.ssh.channels import StreamChannel, TCPPipe
 from podshell.gateway.ssh.connection import OpenFailed
 from podshell.gateway.ssh.session import SessionChannel
-from podshell.node.netns import PortRefused, loopback_addresses
+from podshell.node.netns import PortRefused
 from podshell.target import Target, TargetError
 
 MSG_DEBUG = 4
-# Bind addresses an ``ssh -R`` may ask for: the pod has only its loopback.
+# What an ``ssh -R`` bind address means in the pod: besides its loopback, only
+# the wildcards, which there cover nothing else (a pod has only its loopback).
 _BIND = {"": "0.0.0.0", "*": "0.0.0.0", "0.0.0.0": "0.0.0.0", "localhost": "127.0.0.1", "::": "::"}
 
 
@@ -57,13 +58,11 @@ class PodUser(ConchUser):
     def openDirectTCPIP(self, remoteWindow: int, remoteMaxPacket: int, data: bytes, avatar: object) -> Deferred:
         (host, port), _origin = forwarding.unpackOpen_direct_tcpip(data)
         host = host.decode(errors="replace") if isinstance(host, bytes) else host
-        try:
-            loopback_addresses(host)
-        except ValueError:
+        if not pod_loopback(host):
             raise OpenFailed(
                 connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"podshell: only ports inside the pod can be forwarded: use localhost:{port}, not {host}:{port}",
-            ) from None
+                f"podshell: only ports inside the pod can be forwarded: use localhost:{port}, not {join(host, port)}",
+            )
         try:
             granted = self.gate.enter(
                 self.identity, "port-forward", self.target, self.peer, "ssh", [f"-L {host}:{port}"]
@@ -90,12 +89,9 @@ class PodUser(ConchUser):
         host, port = forwarding.unpackGlobal_tcpip_forward(data)
         host = host.decode(errors="replace") if isinstance(host, bytes) else host
         bind = _BIND.get(host, host)
-        if bind not in ("0.0.0.0", "::"):
-            try:
-                loopback_addresses(bind)
-            except ValueError:
-                self.tell(f"podshell: -R can only listen inside the pod (localhost), not on {host}")
-                return 0
+        if bind not in ("0.0.0.0", "::") and not pod_loopback(bind):
+            self.tell(f"podshell: -R can only listen inside the pod (localhost), not on {host}")
+            return 0
         try:
             granted = self.gate.enter(
                 self.identity, "port-forward", self.target, self.peer, "ssh", [f"-R {host}:{port}"]
