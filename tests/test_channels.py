@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -230,3 +231,178 @@ def test_only_clients_that_read_before_their_streams_are_held(agent, held):
     from podshell.gateway.api.server import _reads_before_its_streams
 
     assert _reads_before_its_streams(agent) is held
+
+
+# The endpoint under bad and arbitrary input: a close code, never an exception.
+
+
+class _Recorder(_App):
+    """Keeps messages; one that starts with "!" is bad input, as the real apps close on."""
+
+    def opened(self, ws):
+        self.ws = ws
+        self.messages: list[tuple[bytes, bool]] = []
+
+    def messageReceived(self, payload, text):
+        self.messages.append((payload, text))
+        if payload.startswith(b"!"):
+            self.ws.close(1007, "bad message")
+
+
+def _open_endpoint():
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from wsproto.connection import Connection, ConnectionType
+
+    from podshell.gateway.api.websocket import WebSocketEndpoint
+
+    class TCP(StringTransport):
+        def unregisterProducer(self):  # as a TCP or TLS transport: harmless without one
+            self.producer = None
+
+    app = _Recorder()
+    endpoint = WebSocketEndpoint(Connection(ConnectionType.SERVER), app, Clock())
+    transport = TCP()
+    endpoint.makeConnection(transport)
+    return endpoint, transport, app
+
+
+def _frame(
+    opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bytes | None = b"\x37\xfa\x21\x3d"
+) -> bytes:
+    """One frame as a client writes it (or, with any bits, as a broken one does)."""
+    length = len(payload)
+    if length < 126:
+        size = bytes((length,))
+    elif length < 1 << 16:
+        size = bytes((126,)) + struct.pack("!H", length)
+    else:
+        size = bytes((127,)) + struct.pack("!Q", length)
+    head = bytes(((0x80 if fin else 0) | rsv << 4 | opcode, size[0] | (0x80 if mask else 0))) + size[1:]
+    if mask is None:
+        return head + payload
+    key = (mask * (length // 4 + 1))[:length]
+    return head + mask + (int.from_bytes(payload) ^ int.from_bytes(key)).to_bytes(length)
+
+
+def _close(wire: bytes):
+    from wsproto.events import CloseConnection
+
+    closes = [e for e in _client_reads(wire) if isinstance(e, CloseConnection)]
+    return closes[-1] if closes else None
+
+
+def _close_code(wire: bytes) -> int | None:
+    close = _close(wire)
+    return close.code if close else None
+
+
+def test_a_text_frame_carries_its_utf8_bytes():
+    """Outside latin-1 too: a client's text frame is its UTF-8 on the wire (as a kubelet reads it)."""
+    endpoint, transport, app = _open_endpoint()
+    endpoint.dataReceived(_frame(0x1, "\x00h€llo ✓".encode()))
+    assert app.messages == [("\x00h€llo ✓".encode(), True)]
+    assert not transport.disconnecting
+
+
+def test_invalid_utf8_in_a_text_frame_closes_with_1007():
+    endpoint, transport, app = _open_endpoint()
+    endpoint.dataReceived(_frame(0x1, b"\x00\xff\xfe"))
+    close = _close(transport.value())
+    assert (app.messages, close.code, transport.disconnecting) == ([], 1007, True)
+    assert "can't decode byte 0xff" in close.reason
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        _frame(0x3, b"x"),  # a reserved opcode
+        _frame(0x2, b"x", rsv=4),  # an extension bit nobody negotiated
+        _frame(0x2, b"x", mask=None),  # a client's frame must be masked
+        _frame(0x0, b"x"),  # a continuation of nothing
+        _frame(0x9, b"x", fin=False),  # a fragmented control frame
+    ],
+    ids=["reserved-opcode", "extension-bit", "unmasked", "lone-continuation", "fragmented-ping"],
+)
+def test_broken_frames_close_with_a_protocol_error_code(wire):
+    endpoint, transport, app = _open_endpoint()
+    endpoint.dataReceived(wire)
+    endpoint.dataReceived(_frame(0x2, b"after"))  # more may come before TCP is down
+    close = _close(transport.value())
+    assert (app.messages, close.code, transport.disconnecting) == ([], 1002, True)
+    assert close.reason  # wsproto's words for what was wrong
+
+
+def test_messages_up_to_a_kubelets_limit_arrive_and_larger_ones_close_with_1009():
+    from podshell.gateway.api.websocket import MAX_MESSAGE
+
+    endpoint, transport, app = _open_endpoint()
+    whole = bytes(MAX_MESSAGE)
+    endpoint.dataReceived(_frame(0x2, whole[:-1], fin=False) + _frame(0x0, whole[-1:]))
+    assert app.messages == [(whole, False)] and not transport.disconnecting
+    endpoint.dataReceived(_frame(0x2, whole, fin=False) + _frame(0x0, b"x"))
+    assert (len(app.messages), _close_code(transport.value()), transport.disconnecting) == (1, 1009, True)
+
+
+def test_data_after_the_close_handshake_is_ignored():
+    endpoint, transport, app = _open_endpoint()
+    endpoint.dataReceived(_frame(0x8, struct.pack("!H", 1000)))
+    assert _close_code(transport.value()) == 1000 and transport.disconnecting
+    endpoint.dataReceived(_frame(0x2, b"late"))
+    assert app.messages == []
+
+
+_good = st.one_of(st.binary(max_size=300), st.text(max_size=100)).filter(lambda m: m[:1] not in ("!", b"!"))
+_messages = st.lists(st.tuples(_good, st.integers(1, 4)), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_messages, st.data())
+def test_fuzz_fragmented_messages_arrive_whole_whatever_the_split(messages, data):
+    wire, expected = b"", []
+    for message, fragments in messages:
+        text = isinstance(message, str)
+        payload = message.encode() if text else message
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), min_size=fragments - 1, max_size=fragments - 1)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        for i, piece in enumerate(pieces):
+            opcode = (0x1 if text else 0x2) if i == 0 else 0x0
+            wire += _frame(opcode, piece, fin=i == len(pieces) - 1)
+            if data.draw(st.booleans()):
+                wire += _frame(0x9, b"ping")  # control frames may come between fragments
+        expected.append((payload, text))
+    endpoint, transport, app = _open_endpoint()
+    splits = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    for a, b in zip([0, *splits], [*splits, len(wire)], strict=True):
+        endpoint.dataReceived(wire[a:b])
+    assert app.messages == expected
+    assert not transport.disconnecting
+
+
+_frames = st.lists(
+    st.tuples(
+        st.sampled_from([0x0, 0x1, 0x2, 0x3, 0x8, 0x9, 0xA, 0xB]),
+        st.one_of(st.binary(max_size=200), st.text(max_size=60).map(str.encode), st.just(b"!")),
+        st.booleans(),
+        st.sampled_from([0, 0, 0, 1, 4]),
+        st.sampled_from([b"\x37\xfa\x21\x3d", b"\x00\x00\x00\x00", None]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_frames, st.binary(max_size=20), st.data())
+def test_fuzz_arbitrary_frames_either_work_or_close_with_a_code(frames, tail, data):
+    """Any opcode, fragmentation, extension bits, masking, and a garbage tail,
+    split anywhere: nothing escapes dataReceived, and a connection that ends
+    ends with a Close frame that says why (or answers the client's own)."""
+    wire = b"".join(_frame(op, payload, fin, rsv, mask) for op, payload, fin, rsv, mask in frames) + tail
+    endpoint, transport, app = _open_endpoint()
+    splits = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    for a, b in zip([0, *splits], [*splits, len(wire)], strict=True):
+        endpoint.dataReceived(wire[a:b])
+    assert all(isinstance(payload, bytes) for payload, _ in app.messages)
+    if transport.disconnecting:
+        client_closed = any(op == 0x8 for op, *_ in frames)
+        assert _close_code(transport.value()) is not None or client_closed

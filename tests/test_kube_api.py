@@ -645,3 +645,23 @@ def test_websocket_exec_takes_text_frames_and_answers_pings(api):
             out += data if channel == 1 else b""
             status += data if channel == 3 else b""
     assert (pong, out, json.loads(status)["status"], event.code) == (Pong(b"x"), b"hello\n", "Success", 1000)
+
+
+def test_websocket_text_outside_latin1_is_its_utf8_or_a_clear_close(api):
+    """A text frame's bytes are its UTF-8; where that is bad input (not base64),
+    that connection alone closes with 1007 and the reason."""
+    from wsproto.events import CloseConnection, Message, TextMessage
+
+    path = "/api/v1/namespaces/team-a/pods/web-0/exec?container=sidecar&stdin=true&stdout=true&command=head&command=-c4"
+    good = RawWebSocket(api, path, "v4.channel.k8s.io")
+    bad = RawWebSocket(api, path, "v4.base64.channel.k8s.io")
+    bad.send(TextMessage("0€"))
+    while not isinstance(event := bad.next(), CloseConnection):
+        pass
+    assert (event.code, event.reason) == (1007, "bad base64 payload")
+    good.send(TextMessage("\x00€\n"))
+    out = b""
+    while not isinstance(event := good.next(), CloseConnection):
+        if isinstance(event, Message) and event.data[:1] == b"\x01":
+            out += event.data[1:]
+    assert (out, event.code) == ("€\n".encode(), 1000)

@@ -29,7 +29,7 @@ from zope.interface import implementer
 from podshell.protocols.wsframe import binary_header
 from podshell.transports import StreamTransport
 
-MAX_MESSAGE = 1 << 20
+MAX_MESSAGE = 32 << 20  # a kubelet's (x/net/websocket's default): the Python client writes stdin as one message
 CLOSE_GRACE = 5.0
 HOLD_LIMIT = 1 << 20  # what a hold may keep back before it lets go early
 
@@ -60,6 +60,7 @@ class WebSocketEndpoint(Protocol):
         self._parts: list[bytes] = []
         self._size = 0
         self._done = False
+        self._dropped = False
         self._held: list[Callable[[], None]] = []
         self._heldBytes = 0
         self._holding: IDelayedCall | None = None
@@ -86,27 +87,40 @@ class WebSocketEndpoint(Protocol):
         self.app.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._dropped:
+            return  # what comes while TCP goes down is nobody's
         self.ws.receive_data(data)
         for event in self.ws.events():
-            if self._done and not isinstance(event, CloseConnection):
+            if self._dropped:  # the app closed on a bad message
+                return
+            if isinstance(event, CloseConnection):
+                self._closeReceived(event)
+                return
+            if self._done:
                 continue
             if isinstance(event, Message):
-                self._size += len(event.data)
+                # A text frame's payload is what was on the wire: its UTF-8 (wsproto checked it).
+                part = event.data.encode() if isinstance(event, TextMessage) else event.data
+                self._size += len(part)
                 if self._size > MAX_MESSAGE:
                     self.close(1009, "message too big")
                     return
-                text = isinstance(event, TextMessage)
-                self._parts.append(event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data)
+                self._parts.append(part)
                 if event.message_finished:
                     payload = b"".join(self._parts)
                     self._parts, self._size = [], 0
-                    self.app.messageReceived(payload, text)
+                    self.app.messageReceived(payload, isinstance(event, TextMessage))
             elif isinstance(event, Ping):
                 self._write(self.ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    self.tcp.write(self.ws.send(event.response()))
-                self._drop()
+
+    def _closeReceived(self, event: CloseConnection) -> None:
+        """The client's Close (answered), the answer to ours, or wsproto's
+        word that the input is broken: then the client is told why, at once."""
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            self.tcp.write(self.ws.send(event.response()))
+        elif self.ws.state is ConnectionState.OPEN:
+            self.tcp.write(self.ws.send(CloseConnection(code=event.code, reason=event.reason)))
+        self._drop()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._holding is not None:
@@ -151,6 +165,7 @@ class WebSocketEndpoint(Protocol):
     def _drop(self) -> None:
         """Close TCP; whatever fed it is done (a TLS transport would wait for
         its producer to go before closing)."""
+        self._dropped = True
         if self.transport is not None:
             self.tcp.unregisterProducer()
             self.tcp.loseConnection()
