@@ -11,6 +11,9 @@ from podshell.auth.identity import Identity
 from podshell.config import Rule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Verbs are matched as written; a denial says some in words ("logs" is
+# pods/log, which Kubernetes authorizes as "get": reading, not a session).
+_PHRASES = {"logs": "read logs"}
 
 
 @dataclass(frozen=True)
@@ -93,4 +96,4 @@ class Policy:
     def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str:
         """The line a denied user sees."""
         target = "/".join(p for p in (namespace, pod, container) if p)
-        return f"{identity.name} may not {verb} in {target}"
+        return f"{identity.name} may not {_PHRASES.get(verb, verb)} in {target}"

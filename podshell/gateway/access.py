@@ -7,6 +7,7 @@ on them, so the gate does not reveal which pods exist to everyone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from podshell.addresses import ip_of
@@ -15,6 +16,7 @@ from podshell.auth.identity import Identity
 from podshell.auth.policy import Decision
 from podshell.cluster import Grant, Placement
 from podshell.config import VERBS
+from podshell.node.runtime.base import LogsUnavailable
 from podshell.target import (
     ContainerNotRunning,
     InvalidTarget,
@@ -25,6 +27,9 @@ from podshell.target import (
     candidates,
     resolve,
 )
+
+# Where a target's container is (pods/log: whether it runs or not).
+Resolve = Callable[[str, str, str | None], Placement]
 
 
 class Runtime(Protocol):
@@ -82,7 +87,7 @@ class Gate:
         request = Request(identity, peer, via, verb or "login", text)
 
         def allowed(ns: str, pod: str, container: str | None) -> bool:
-            verbs = [verb] if verb else list(VERBS)
+            verbs = [verb] if verb else [v for v in VERBS if v != "logs"]  # a login gets a session, never logs
             return any(self.policy.decide(identity, v, ns, pod, container, source) for v in verbs)
 
         def refusal(ns: str, pod: str, container: str | None) -> str:
@@ -112,10 +117,13 @@ class Gate:
         peer: str,
         via: str,
         command: list[str] | None = None,
+        resolve: Resolve | None = None,
     ) -> Grant:
         """Check C{identity} may C{verb} in C{target} and open an audited session.
 
         @param peer: C{host:port} of the client.
+        @param resolve: where the container is, instead of the runtime's
+            (which wants it running).
         @raise Denied: with the line to show the user.
         """
         source = ip_of(peer)
@@ -123,7 +131,7 @@ class Gate:
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
         request = Request(identity, peer, via, verb, str(wanted), command)
         try:
-            handle = self.runtime.resolve(wanted.namespace, wanted.pod, wanted.container)
+            handle = (resolve or self.runtime.resolve)(wanted.namespace, wanted.pod, wanted.container)
         except TargetError as e:
             if not self.policy.decide(identity, verb, wanted.namespace, wanted.pod, None, source):
                 message = self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
@@ -140,7 +148,7 @@ class Gate:
 
     def _explained(self, error: TargetError) -> str:
         """A pod not found may be on a node we cannot reach now: say so."""
-        found = isinstance(error, NoSuchContainer | ContainerNotRunning)
+        found = isinstance(error, NoSuchContainer | ContainerNotRunning | LogsUnavailable)
         down = [] if found else self.runtime.unreachable()
         return "; ".join([str(error), *down])
 

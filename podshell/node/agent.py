@@ -19,7 +19,7 @@ from podshell.auth.policy import Decision
 from podshell.gateway.api.front import Authenticate, HTTPError
 from podshell.pki import describe
 
-_STREAM = re.compile(rb"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward)(\?|$)")
+_STREAM = re.compile(rb"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward|log)(\?|$)")
 GATEWAYS = "podshell:gateways"
 
 

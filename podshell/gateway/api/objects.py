@@ -143,6 +143,7 @@ API_V1 = {
         {"name": "pods/exec", "kind": "PodExecOptions", **_SUBRESOURCE},
         {"name": "pods/attach", "kind": "PodAttachOptions", **_SUBRESOURCE},
         {"name": "pods/portforward", "kind": "PodPortForwardOptions", **_SUBRESOURCE},
+        {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]},
     ],
 }
 

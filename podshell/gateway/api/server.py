@@ -5,12 +5,14 @@ routing; pods are visible to an identity that may use them; every stream goes
 through the same gate (policy, audit) as SSH.  A stream for a pod on another
 node is handed, once allowed, to that node agent and spliced byte for byte;
 a node agent serves the same routes to its gateways, plus the two stream
-protocols SSH needs (L{rc.PROCESS}, L{rc.PORT}).
+protocols SSH needs (L{rc.PROCESS}, L{rc.PORT}).  pods/log is gated the
+same way (verb C{logs}) and spliced the same way: a streamed GET.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -20,20 +22,21 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.auth.identity import OnBehalf
-from podshell.cluster import Cluster, Grant
-from podshell.gateway.access import Denied, Gate
-from podshell.gateway.api import objects, websocket
+from podshell.cluster import Cluster, Grant, Placement
+from podshell.gateway.access import Denied, Gate, Resolve
+from podshell.gateway.api import logs, objects, websocket
 from podshell.gateway.api.channels import ChannelCommand, ChannelPort, ChannelPortForward
 from podshell.gateway.api.command import Start
 from podshell.gateway.api.front import Handler, HTTPError, Request, Upgrade
 from podshell.gateway.api.spdy_server import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
 from podshell.gateway.api.websocket import MessageApp
+from podshell.node.inprocess import LocalNode
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
-from podshell.target import Target, TargetError
+from podshell.target import NoSuchPod, Target, TargetError
 
-_POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward))?$")
+_POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward|log))?$")
 _NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 # How long exec output waits after the upgrade for clients that read before
@@ -89,6 +92,8 @@ class KubeAPI:
                 return (lambda r: self.get_pod(r, ns, pod)) if method == "GET" else None
             if sub == "portforward":
                 return lambda r: self.port_forward(r, ns, pod)
+            if sub == "log":
+                return (lambda r: self.logs(r, ns, pod)) if method == "GET" else None
             verb = sub
             return lambda r: self.command(r, ns, pod, verb)
         return None
@@ -139,7 +144,7 @@ class KubeAPI:
         source = request.peer.rsplit(":", 1)[0].strip("[]")
         return any(
             self.gate.policy.decide(request.identity, verb, namespace, name, None, source)
-            for verb in ("exec", "attach", "port-forward")
+            for verb in ("exec", "attach", "port-forward", "logs")
         )
 
     # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
@@ -209,12 +214,60 @@ class KubeAPI:
         report = _errors_are_harmless(request.header("user-agent") or "")
         return self._spdy(protocol, lambda server: SpdyPortForward(server, connect, pod, granted.session, report))
 
-    def _splice(self, request: Request, granted: Grant, sub: str, query: list[tuple[str, str]]) -> Upgrade | None:
+    # Logs: from the files of the node that runs the pod, whether the container runs or not.
+    def logs(self, request: Request, namespace: str, name: str) -> Upgrade:
+        if self.agent and not isinstance(request.identity, OnBehalf):
+            raise HTTPError(403, "Forbidden", "a gateway must say on whose behalf it reads logs (Impersonate-User)")
+        try:
+            wanted = logs.LogRequest.fromQuery(request.query, time.time_ns())
+        except ValueError as e:
+            raise HTTPError(400, "BadRequest", str(e)) from None
+        target = Target(namespace, name, wanted.container)
+        granted = self._enter(request, "logs", target, wanted.audit(), resolve=self._log_placement)
+        query = [("container", granted.handle.container), *wanted.query]
+        # The node closes after its answer: nothing else may follow on a connection it trusts.
+        headers = [(k, v) for k, v in request.headers if k == "user-agent"] + [("connection", "close")]
+        spliced = self._splice(request, granted, "log", query, headers)
+        if spliced is not None:
+            return spliced
+        node = self.cluster.node(granted)
+        assert isinstance(node, LocalNode)  # not spliced: this process runs the pod
+        try:
+            source = node.runtime.read_log(namespace, name, granted.handle.container, wanted.previous, wanted.options)
+        except TargetError as e:
+            granted.session.end(f"failed: {e}")
+            raise HTTPError(400, "BadRequest", str(e)) from None
+
+        def switch(transport: ITransport, trailing: bytes) -> IProtocol:
+            stream = logs.LogStream(self.reactor, source, granted.session, wanted.follow)
+            stream.makeConnection(transport)
+            return stream
+
+        return switch
+
+    def _log_placement(self, namespace: str, name: str, container: str | None) -> Placement:
+        """Where the logs are: the pod's node, any container of it (running or not)."""
+        pod = self.cluster.find(namespace, name)
+        if pod is None:
+            raise NoSuchPod(namespace, name)
+        chosen = logs.container_of(pod, container)
+        node = next(n for n in self.cluster.nodes.values() if n.container_names(namespace, name) is not None)
+        return Placement(namespace, name, chosen, node.name)
+
+    def _splice(
+        self,
+        request: Request,
+        granted: Grant,
+        sub: str,
+        query: list[tuple[str, str]],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Upgrade | None:
         """Hand the stream to the node agent that runs the pod, if that is not
         this process: the same request, cleaned, on behalf of the identity."""
         where = granted.handle
         target = f"/api/v1/namespaces/{quote(where.namespace)}/pods/{quote(where.pod)}/{sub}?{urlencode(query)}"
-        headers = [(k, v) for k, v in request.headers if k in _PASSED_ON]
+        if headers is None:
+            headers = [(k, v) for k, v in request.headers if k in _PASSED_ON]
         return self.cluster.node(granted).upgrade(granted, target, headers)
 
     def _websocket(self, request: Request, protocol: str, app: MessageApp, hold: float = 0.0) -> Upgrade:
@@ -245,12 +298,14 @@ class KubeAPI:
 
         return switch
 
-    def _enter(self, request: Request, verb: str, target: Target, command: list[str] | None) -> Grant:
+    def _enter(
+        self, request: Request, verb: str, target: Target, command: list[str] | None, resolve: Resolve | None = None
+    ) -> Grant:
         try:
             peer, via = request.peer, "api"
             if isinstance(request.identity, OnBehalf):  # a node agent, for a gateway
                 peer, via = request.identity.source or peer, f"gateway {request.identity.gateway} ({request.peer})"
-            return self.gate.enter(request.identity, verb, target, peer, via, command)
+            return self.gate.enter(request.identity, verb, target, peer, via, command, resolve)
         except Denied as e:
             code, reason = _DENIED.get(e.kind, (400, "BadRequest"))
             raise HTTPError(code, reason, str(e)) from None

@@ -9,15 +9,25 @@ pod phase and container states follow Kubernetes' definitions.
 Every process started here has C{PR_SET_PDEATHSIG}: if the server dies, its
 pods die with it, and a clean stop terminates them with the pod's grace
 period.
+
+What a container writes goes to its log files as it comes (the kubelet's
+layout: C{<logs>/<ns>_<pod>_<uid>/<container>/<restart>.log}, see
+L{podshell.node.logfile}); the run before the current one is kept for
+C{--previous}, older ones go.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -25,10 +35,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from podshell.config import Backoff
+from podshell.node import logfile
+from podshell.node.logfile import LogFile, Options, Reader
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import (
     ContainerHandle,
     ContainerNotRunning,
+    LogsUnavailable,
     NoSuchContainer,
     NoSuchPod,
     ProcessRef,
@@ -39,6 +52,7 @@ from podshell.node.spawner import ExitStatus, ProcessSession, ProcessSink, Spawn
 log = Logger()
 INIT_POLL = 0.002  # seconds between looks for a container's PID 1
 INIT_WAIT = 5.0
+_POD_LOG_DIR = re.compile(r"^[a-z0-9-]+_[a-z0-9.-]+_[0-9a-f-]{36}$")
 
 
 def now() -> datetime:
@@ -91,6 +105,7 @@ class State:
     finished_at: datetime | None = None
     exit_code: int | None = None
     signal: int | None = None
+    instance: int | None = None  # which run of the container (its restart count then): its log files
 
 
 class LocalContainer:
@@ -106,6 +121,10 @@ class LocalContainer:
         self.session: ProcessSession | None = None
         self.init: ProcessRef | None = None
         self.logs = LogTail()
+        self.log_dir = pod.log_dir / self.name
+        self.log_file: LogFile | None = None  # the current run's, while it runs
+        self._log_watchers: list[Callable[[], None]] = []
+        self._log_failed = False
         self.attached: list[Attachment] = []
         self._pausing: set[Attachment] = set()
         self._delay = 0.0
@@ -119,6 +138,7 @@ class LocalContainer:
         pod = self.pod
         assert pod.sandbox_ref is not None
         self._pending = None
+        self._open_log()
         env = pod.runtime.spawner.environment(pod.hostname, self.env, None, self.spec.tty)
         self.session = pod.runtime.spawner.container(
             pod.sandbox_ref,
@@ -154,21 +174,81 @@ class LocalContainer:
             return
         self._pending = None
         self.init = ref
-        self.state = State("running", started_at=now())
+        self.state = State("running", started_at=now(), instance=self.restart_count)
         log.info("container {path} started, pid {pid}", path=self.path, pid=ref.pid)
 
     @property
     def path(self) -> str:
         return f"{self.pod.path}/{self.name}"
 
+    # Log files.
+    def _open_log(self) -> None:
+        """A new run's log file; runs before the previous one are forgotten."""
+        instance, runtime = self.restart_count, self.pod.runtime
+        for old in logfile.instances(self.log_dir) - {instance, instance - 1}:
+            logfile.remove_instance(self.log_dir, old)
+        try:
+            self.log_file = LogFile(self.log_dir, instance, runtime.log_max_size, runtime.log_max_files)
+        except OSError as e:
+            self.log_file = None
+            log.error("container {path}: cannot write its log in {dir}: {e}", path=self.path, dir=self.log_dir, e=e)
+
+    def _record(self, stream: str, data: bytes) -> None:
+        if self.log_file is not None:
+            try:
+                self.log_file.write(stream, data, time.time_ns())
+                self._log_failed = False
+            except OSError as e:
+                if not self._log_failed:  # once per spell of failures (a full disk), not per chunk
+                    log.error("container {path}: log write failed, output lost: {e}", path=self.path, e=e)
+                self._log_failed = True
+        for watcher in list(self._log_watchers):
+            watcher()
+
+    def watch_log(self, watcher: Callable[[], None]) -> None:
+        """Call C{watcher} when the log grows or the run ends."""
+        self._log_watchers.append(watcher)
+
+    def unwatch_log(self, watcher: Callable[[], None]) -> None:
+        if watcher in self._log_watchers:
+            self._log_watchers.remove(watcher)
+
+    def log_instance(self, previous: bool) -> int:
+        """The run whose logs pods/log means: the kubelet's rules (a
+        container waiting to restart shows the run that ended).
+
+        @raise LogsUnavailable: with the kube-apiserver's message.
+        """
+        last = self.last_state if self.last_state is not None and self.last_state.kind == "terminated" else None
+        if previous:
+            if last is None:
+                raise LogsUnavailable(f'previous terminated container "{self.name}" in pod "{self.pod.name}" not found')
+            chosen = last
+        elif self.state.kind in ("running", "terminated"):
+            chosen = self.state
+        elif last is not None:
+            chosen = last
+        else:
+            raise LogsUnavailable(
+                f'container "{self.name}" in pod "{self.pod.name}" is waiting to start: {self.state.reason}'
+            )
+        assert chosen.instance is not None
+        return chosen.instance
+
+    def read_log(self, previous: bool, options: Options) -> ContainerLog:
+        instance = self.log_instance(previous)
+        return ContainerLog(self, instance, Reader(self.log_dir, instance, options))
+
     # ProcessSink: the main process's output and end.
     def outReceived(self, data: bytes) -> None:
         self.logs.append(data)
+        self._record("stdout", data)
         for attachment in list(self.attached):
             attachment.deliver(data, err=False)
 
     def errReceived(self, data: bytes) -> None:
         self.logs.append(data)
+        self._record("stderr", data)
         for attachment in list(self.attached):
             attachment.deliver(data, err=True)
 
@@ -219,9 +299,15 @@ class LocalContainer:
             finished_at=finished,
             exit_code=code,
             signal=signal_number(status.signal) if status.signal else None,
+            instance=self.restart_count,
         )
         self.init = None
         self.session = None
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        for watcher in list(self._log_watchers):
+            watcher()
         log.info("container {path} ended: {status}", path=self.path, status=str(status))
         if self.pod.stopping:
             return
@@ -255,6 +341,40 @@ class LocalContainer:
         if self.session is None:
             return succeed(None)
         return self.session.terminate(self.pod.manifest.spec.terminationGracePeriodSeconds)
+
+
+class ContainerLog:
+    """One read of a run's log: its reader, and whether more may come."""
+
+    def __init__(self, container: LocalContainer, instance: int, reader: Reader) -> None:
+        self.container = container
+        self.instance = instance
+        self.reader = reader
+
+    @property
+    def live(self) -> bool:
+        """The run is still writing."""
+        current = self.container.log_file
+        return current is not None and current.instance == self.instance
+
+    def read(self, size: int = logfile.READ_SIZE) -> bytes:
+        return self.reader.read(size)
+
+    @property
+    def at_end(self) -> bool:
+        return self.reader.at_end
+
+    @property
+    def done(self) -> bool:
+        return self.reader.done
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        self.container.watch_log(watcher)
+
+    def close(self, watcher: Callable[[], None] | None = None) -> None:
+        if watcher is not None:
+            self.container.unwatch_log(watcher)
+        self.reader.close()
 
 
 class Attachment:
@@ -362,6 +482,10 @@ class LocalPod:
     def path(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @property
+    def log_dir(self) -> Path:
+        return self.runtime.log_dir / f"{self.namespace}_{self.name}_{self.uid}"
+
     def start(self) -> Deferred[None]:
         """Start the sandbox, then the containers; fires once they were launched."""
         self.sandbox = self.runtime.spawner.sandbox(self.hostname, _SandboxSink(self))
@@ -443,10 +567,25 @@ class LocalRuntime(Service):
 
     name = "runtime"
 
-    def __init__(self, reactor, spawner: Spawner, manifests: Iterable[Pod], backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        reactor,
+        spawner: Spawner,
+        manifests: Iterable[Pod],
+        backoff: Backoff | None = None,
+        log_dir: Path | None = None,
+        log_max_size: int = logfile.MAX_SIZE,
+        log_max_files: int = logfile.MAX_FILES,
+    ) -> None:
+        """@param log_dir: where container logs go (the state directory's
+        C{logs}); None: a temporary directory, removed at stop."""
         self.reactor = reactor
         self.spawner = spawner
         self.backoff = backoff or Backoff()
+        self._own_log_dir = log_dir is None
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="podshell-logs-"))
+        self.log_max_size = log_max_size
+        self.log_max_files = log_max_files
         self._pods = {(m.metadata.namespace, m.metadata.name): LocalPod(self, m) for m in manifests}
 
     def pods(self, namespace: str | None = None) -> list[LocalPod]:
@@ -479,12 +618,41 @@ class LocalRuntime(Service):
             raise NoSuchContainer(handle.namespace, handle.pod, handle.container, list(pod.containers))
         return container.attach(handle, sink)
 
+    def read_log(self, namespace: str, pod: str, container: str, previous: bool, options: Options) -> ContainerLog:
+        """@raise TargetError: no such pod or container, or no such run (L{LogsUnavailable})."""
+        found = self.pod(namespace, pod)
+        c = found.containers.get(container)
+        if c is None:
+            raise NoSuchContainer(namespace, pod, container, list(found.containers))
+        return c.read_log(previous, options)
+
     def startService(self) -> None:
         super().startService()
+        self._forget_old_logs()
         for pod in self._pods.values():
             pod.start().addErrback(_failed_to_start, pod)
+
+    def _forget_old_logs(self) -> None:
+        """Logs of pods of earlier runs of the server: nothing can ask for
+        them (a pod's uid is new each run), so they go, as the kubelet's do."""
+        mine = {p.log_dir.name for p in self._pods.values()}
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if _POD_LOG_DIR.match(name) and name not in mine:
+                shutil.rmtree(self.log_dir / name, ignore_errors=True)
 
     def stopService(self) -> Deferred:
         super().stopService()
         log.info("stopping {n} pods", n=len(self._pods))
-        return DeferredList([p.stop() for p in self._pods.values()], consumeErrors=True)
+        stopped = DeferredList([p.stop() for p in self._pods.values()], consumeErrors=True)
+        if self._own_log_dir:
+
+            def remove(result: object) -> object:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
+                return result
+
+            stopped.addBoth(remove)
+        return stopped
