@@ -10,9 +10,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from podshell.yamlfile import ConfigError, StrictModel, load_document, parse
+from podshell.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse
 
-VERBS = ("exec", "attach", "port-forward")
+VERBS = ("exec", "attach", "port-forward", "logs")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
 
 
@@ -101,10 +101,19 @@ class Backoff(StrictModel):
     reset_after: float = Field(default=600.0, gt=0)
 
 
+class LogLimits(StrictModel):
+    """Container log files, per run of a container (the kubelet's
+    containerLogMaxSize and containerLogMaxFiles)."""
+
+    max_size: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    max_files: int = Field(default=5, ge=1)
+
+
 class RuntimeConfig(StrictModel):
     kind: Literal["local"] = "local"
     pods: str | None = None
     backoff: Backoff = Backoff()
+    logs: LogLimits = LogLimits()
 
 
 class AuditConfig(StrictModel):
@@ -221,11 +230,23 @@ def resolve_path(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def holds_manifests(path: Path) -> bool:
+    """Whether C{path} holds Kubernetes manifests (documents with a C{kind}),
+    such as the Pods of C{runtime.pods}, rather than a server configuration
+    (which has no C{kind} key)."""
+    return any(isinstance(doc, dict) and "kind" in doc for _, doc in load_documents(path))
+
+
 def load_config(path: Path) -> tuple[Config, Path]:
     """The configuration in C{path}, and the directory its relative paths
     are relative to."""
+    if holds_manifests(path):
+        raise ConfigError(
+            f"{path}: holds Pod manifests (kind: Pod), not a server configuration: "
+            "name it in runtime.pods of one (like conf/podshell.yaml)"
+        )
     config = parse(Config, load_document(path), str(path))
     return config, path.parent.resolve()
 
 
-__all__ = ["VERBS", "Config", "ConfigError", "load_config", "resolve_path"]
+__all__ = ["VERBS", "Config", "ConfigError", "holds_manifests", "load_config", "resolve_path"]

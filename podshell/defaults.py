@@ -1,9 +1,14 @@
 """The embedded default: what ``twistd -n podshell`` runs with no --config.
 
-One demo pod, listeners on 127.0.0.1 only (SSH 2222, the API 8443), state in
-./podshell-state, and the invoking user's own SSH keys (~/.ssh/authorized_keys,
-~/.ssh/id_*.pub) and a generated API token granted every verb on every pod,
-from loopback only.  The server writes ./podshell-state/kubeconfig for kubectl.
+One demo pod, listeners on 127.0.0.1 only (SSH 2222, the API 8443), and the
+invoking user's own SSH keys (~/.ssh/authorized_keys, ~/.ssh/id_*.pub, read
+again at each login when they change) and a generated API token granted every
+verb on every pod, from loopback only.  The server writes a kubeconfig for
+kubectl into its state directory.
+
+The state (host keys, CA, token) is one per user, wherever the server is
+started from: a second directory would mean new host keys for the same address,
+which OpenSSH reports as REMOTE HOST IDENTIFICATION HAS CHANGED.
 """
 
 from __future__ import annotations
@@ -11,34 +16,37 @@ from __future__ import annotations
 import getpass
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
-from podshell.auth.identity import parse_public_key
 from podshell.config import APIConfig, Config, Rule, RuntimeConfig, User
 
 DEMO_PODS = Path(__file__).parent / "node" / "runtime" / "demo-pods.yaml"
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
-EMBEDDED_STATE = "podshell-state"
+STATE_ENV = "PODSHELL_STATE_DIR"
+# Where the embedded default kept its state before it was one per user.
+OLD_STATE = "podshell-state"
 
 
-def _own_keys(home: Path) -> tuple[list[str], str | None]:
-    ssh = home / ".ssh"
-    keys = []
-    for pub in sorted(ssh.glob("id_*.pub")):
-        try:
-            keys.append(pub.read_text(encoding="utf-8").strip())
-        except OSError:
-            continue
-    authorized = ssh / "authorized_keys"
-    return [k for k in keys if _parses(k)], str(authorized) if authorized.is_file() else None
+def state_dir(environ: Mapping[str, str] = os.environ, uid: int | None = None) -> Path:
+    """The embedded default's state: C{$PODSHELL_STATE_DIR}, else
+    C{/var/lib/podshell} for root, else C{$XDG_STATE_HOME/podshell}
+    (C{~/.local/state/podshell}), as the XDG base directory spec says."""
+    if environ.get(STATE_ENV):
+        return Path(environ[STATE_ENV]).expanduser().absolute()
+    if (os.geteuid() if uid is None else uid) == 0:
+        return Path("/var/lib/podshell")
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The spec: a relative XDG_STATE_HOME is invalid and is ignored.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "podshell"
 
 
-def _parses(line: str) -> bool:
-    try:
-        parse_public_key(line)
-    except ValueError:
-        return False
-    return True
+def own_key_files(home: Path) -> list[Path]:
+    """Where the embedded default's keys come from: like sshd's
+    C{authorized_keys}, plus the user's own public keys, so that a fresh
+    C{ssh-keygen} is enough to get in."""
+    return [home / ".ssh" / "authorized_keys", home / ".ssh" / "id_*.pub"]
 
 
 def own_token(state_dir: Path) -> str:
@@ -53,14 +61,14 @@ def own_token(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def embedded_config(state_dir: Path, home: Path | None = None, user: str | None = None) -> Config:
-    home = home or Path.home()
+def embedded_config(state_dir: Path, user: str | None = None) -> Config:
+    """The configuration; its user's SSH keys are L{own_key_files}, watched by
+    the directory rather than listed here."""
     name = user or getpass.getuser()
-    keys, authorized = _own_keys(home)
     return Config(
         state_dir=str(state_dir),
         api=APIConfig(),
-        users=[User(name=name, ssh_keys=keys, authorized_keys_file=authorized, tokens=[own_token(state_dir)])],
+        users=[User(name=name, tokens=[own_token(state_dir)])],
         policy=[Rule(subjects=[f"user:{name}"], verbs=["*"], namespaces=["*"], sources=LOOPBACK)],
         runtime=RuntimeConfig(pods=str(DEMO_PODS)),
     )

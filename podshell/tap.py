@@ -6,6 +6,7 @@ L{Options.postOptions}, before anything starts, and reported as one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -18,20 +19,20 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from podshell import kubeconfig
+from podshell import defaults, kubeconfig
 from podshell.addresses import host_port
 from podshell.auth.audit import AuditLog
 from podshell.auth.identity import Directory
 from podshell.auth.policy import Policy
 from podshell.cluster import Cluster, Node
-from podshell.config import Config, load_config, resolve_path
-from podshell.defaults import EMBEDDED_STATE, embedded_config
+from podshell.config import Config, holds_manifests, load_config, resolve_path
 from podshell.gateway.access import Gate
 from podshell.gateway.api.front import APIFactory, by_credentials
 from podshell.gateway.api.server import KubeAPI
@@ -49,6 +50,9 @@ from podshell.yamlfile import ConfigError
 
 log = Logger()
 
+# The console script installed beside the interpreter running twistd.
+PODSHELL = Path(sys.executable).parent / "podshell"
+
 
 @dataclass
 class Loaded:
@@ -64,21 +68,27 @@ class Loaded:
     identity: ClusterIdentity | None = None  # in the cluster PKI (gateway, node)
 
 
-def load(config_file: str | None) -> Loaded:
-    """Read and check everything the server will need.
+def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
+    """Read and check everything the server will need; C{state_dir} overrides
+    the configuration's (or the embedded default's, L{defaults.state_dir}).
 
     @raise ConfigError: with a one-line message naming the file and key.
     """
     if config_file is None:
-        config, base, source = embedded_config(Path.cwd() / EMBEDDED_STATE), Path.cwd(), "the embedded default"
+        state = Path(state_dir).absolute() if state_dir else defaults.state_dir()
+        config, base, source = defaults.embedded_config(state), Path.cwd(), "the embedded default"
     else:
         config, base = load_config(Path(config_file))
         source = config_file
+        if state_dir:
+            config = config.model_copy(update={"state_dir": str(Path(state_dir).absolute())})
     where = config_file or "embedded default"
     try:
         directory = Directory.fromConfig(config, base)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    if config_file is None:
+        directory.watch(config.users[0].name, defaults.own_key_files(Path.home()))
     pods: list[Pod] = []
     if config.runtime.pods:
         pods = load_pods(resolve_path(base, config.runtime.pods))
@@ -87,6 +97,7 @@ def load(config_file: str | None) -> Loaded:
         tls = config.tls
         paths = (resolve_path(base, tls.ca), resolve_path(base, tls.cert), resolve_path(base, tls.key))
         try:
+            _require_pki(config, *paths)
             identity = ClusterIdentity.load(*paths, role=config.role)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
@@ -102,6 +113,61 @@ def load(config_file: str | None) -> Loaded:
     )
 
 
+def _shown(path: Path) -> str:
+    """A path as the operator would type it here: relative below the current directory."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _require_pki(config: Config, ca: Path, cert: Path, key: Path) -> None:
+    """@raise ConfigError: a file of the cluster PKI is missing; the message
+    gives the C{podshell ca} commands that make it."""
+    missing = next((p for p in (ca, cert, key) if not p.exists()), None)
+    if missing is None:
+        return
+    pki = _shown(ca.parent)
+    name = config.node.name if config.node is not None else cert.stem
+    issue = f"podshell ca issue --dir {pki} --name {name} --role {config.role}"
+    if config.role == "node":
+        assert config.node is not None
+        interface = re.search(r"interface=([^:]+)", config.node.listen)
+        issue += f" --san {interface.group(1) if interface else 'ADDRESS'}"  # the address gateways dial
+    key_of_ca = ca.parent / "ca.key"
+    if not ca.exists():
+        how = f"podshell ca init --dir {pki} && {issue}"
+    elif key_of_ca.exists():
+        how = issue
+    else:
+        how = f"{issue} where the CA's key is, then copy {name}.crt and {name}.key into {pki} here"
+    if (cert, key) != (ca.parent / f"{name}.crt", ca.parent / f"{name}.key"):
+        how += f" (it writes {pki}/{name}.crt and {pki}/{name}.key: name those in tls.cert and tls.key)"
+    raise ConfigError(f"tls: {_shown(missing)} does not exist: make the cluster PKI with {how}")
+
+
+def check(config_file: str | None) -> str:
+    """What C{podshell config check} says of a server configuration, or of a
+    file of Pod manifests (each one validated, as C{runtime.pods} would be).
+
+    @raise ConfigError: the first problem, as one line.
+    """
+    if config_file is not None and holds_manifests(Path(config_file)):
+        pods = load_pods(Path(config_file))
+        containers = sum(len(p.spec.containers) for p in pods)
+        names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in pods)
+        return f"{config_file}: OK (Pod manifests: {len(pods)} pods, {containers} containers: {names})"
+    loaded = load(config_file)
+    config = loaded.config
+    doors = f"{len(config.users)} users, {len(config.policy)} policy rules"
+    what = {
+        "all": f"{doors}, {len(loaded.pods)} pods",
+        "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {len(config.nodes)} nodes, {doors}",
+        "node": f"node agent {config.node.name if config.node else ''}: {len(loaded.pods)} pods",
+    }[config.role]
+    return f"{loaded.source}: OK ({what})"
+
+
 def prepare_state_dir(path: Path) -> None:
     """Create the state directory private to the server (0700)."""
     try:
@@ -112,18 +178,21 @@ def prepare_state_dir(path: Path) -> None:
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE]"
+    synopsis = "[--config FILE] [--state-dir DIR]"
     longdesc = (
         "Run podshell: pods and the front doors into them. With no --config, the "
-        "embedded default runs a demo pod on 127.0.0.1 for your own SSH keys."
+        "embedded default runs a demo pod on 127.0.0.1 for your own SSH keys, with "
+        f"its state in ${defaults.STATE_ENV}, else /var/lib/podshell for root, else "
+        "$XDG_STATE_HOME/podshell (~/.local/state/podshell)."
     )
     optParameters = [
         ["config", "c", None, "the YAML configuration file (see conf/podshell.yaml)"],
+        ["state-dir", None, None, "host keys, CA, token, audit log (overrides state_dir and the default)"],
     ]
 
     def postOptions(self) -> None:
         try:
-            self.loaded = load(self["config"])
+            self.loaded = load(self["config"], self["state-dir"])
             problem = privilege_problem() if self.loaded.config.role != "gateway" else None
             if problem:
                 raise ConfigError(problem)
@@ -164,7 +233,11 @@ class Listening(Service):
     def _failed(self, failure: Failure) -> None:
         sys.stderr.write(f"podshell: {self.what}: cannot listen on {self.description!r}: {failure.getErrorMessage()}\n")
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        self.reactor.callWhenRunning(self.reactor.stop)
+        self.reactor.callWhenRunning(self._stop)
+
+    def _stop(self) -> None:
+        with contextlib.suppress(ReactorNotRunning):  # another listener failed too and stopped it first
+            self.reactor.stop()
 
     def stopService(self) -> Deferred | None:
         super().stopService()
@@ -202,6 +275,15 @@ def _kubeconfig_writer(loaded: Loaded, ca: StateCA, scheme: str) -> Callable[[st
         ca_pem = ca.cert_pem if scheme == "https" else None
         kubeconfig.write(path, kubeconfig.render(f"{scheme}://{address}", user.name, user.tokens[0], ca_pem))
         log.info("kubectl: KUBECONFIG={path} kubectl exec demo -- ps", path=str(path))
+        if scheme == "https" and PODSHELL.exists():
+            log.info(
+                "podshell CLI: {cli} login --server https://{address} --token-file {token} "
+                "--certificate-authority {ca}",
+                cli=str(PODSHELL),
+                address=address,
+                token=str(loaded.state_dir / "token"),
+                ca=str(ca.dir / "ca.crt"),
+            )
 
     return announce
 
@@ -221,7 +303,11 @@ def makeService(options: Options) -> MultiService:
     runtime: LocalRuntime | None = None
     if config.role in ("all", "node"):
         spawner = Spawner(reactor)
-        runtime = LocalRuntime(reactor, spawner, loaded.pods, config.runtime.backoff)
+        logs = config.runtime.logs
+        runtime = LocalRuntime(
+            reactor, spawner, loaded.pods, config.runtime.backoff,
+            log_dir=loaded.state_dir / "logs", log_max_size=logs.max_size, log_max_files=logs.max_files,
+        )  # fmt: skip
         nodes.append(LocalNode(config.node.name if config.node else "podshell", runtime, spawner))
     if config.role == "gateway":
         assert loaded.identity is not None
@@ -244,7 +330,46 @@ def makeService(options: Options) -> MultiService:
         state=str(loaded.state_dir),
         audit=str(audit_path),
     )
+    log.info(
+        "the podshell command (config check, ca, login, exec): {cli}",
+        cli=str(PODSHELL) if PODSHELL.exists() else f"none beside {sys.executable}",
+    )
+    if loaded.embedded:
+        _warn_about_old_state(loaded)
+    if config.role != "node" and not loaded.directory.has_keys:
+        _warn_about_keys(loaded)
     return top
+
+
+def _warn_about_old_state(loaded: Loaded) -> None:
+    """Earlier versions kept the embedded default's state in ./podshell-state:
+    say where it is now, or the host keys seem to change for no reason."""
+    old = Path.cwd() / defaults.OLD_STATE
+    if old.is_dir() and old.resolve() != loaded.state_dir.resolve():
+        log.warn(
+            "{old} is an earlier podshell's state (host keys, CA); the embedded default now keeps one state "
+            "per user, in {state}: to go on with the old host keys, start with --state-dir {old} or move it there",
+            old=str(old),
+            state=str(loaded.state_dir),
+        )
+
+
+def _warn_about_keys(loaded: Loaded) -> None:
+    """A server nobody can log in to over SSH says so, and how to fix it:
+    otherwise the only sign is the client's C{Permission denied (publickey)}."""
+    if loaded.embedded:
+        files = " and ".join(str(p) for p in defaults.own_key_files(Path.home()))
+        log.warn(
+            "no SSH key to let in: looked in {files}; make one with ssh-keygen -t ed25519 (or add a public "
+            "key to authorized_keys): it is read at the next login, no restart needed",
+            files=files,
+        )
+    else:
+        log.warn(
+            "no SSH key to let in: no user in {source} has ssh_keys, or an authorized_keys_file with a key "
+            "in it (those files are read again at each login)",
+            source=loaded.source,
+        )
 
 
 def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> Service:

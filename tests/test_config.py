@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from podshell.tap import load
+from podshell import defaults
+from podshell.tap import check, load
 from podshell.yamlfile import ConfigError
+
+CONF = Path(__file__).parent.parent / "conf"
+PODSHELL = str(Path(sys.executable).parent / "podshell")
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
 
@@ -60,11 +68,15 @@ def test_the_documented_shape_loads(write, tmp_path):
     assert loaded.directory.by_token("0123456789abcdef0124") is None
 
 
-def test_the_example_configuration_in_conf_loads():
-    from pathlib import Path
+def test_state_dir_given_to_twistd_wins_over_the_files(write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load(write(GOOD), "elsewhere").state_dir == tmp_path / "elsewhere"
+    assert load(None, str(tmp_path / "mine")).state_dir == tmp_path / "mine"
+    assert (tmp_path / "mine" / "token").is_file()
 
-    conf = Path(__file__).parent.parent / "conf" / "podshell.yaml"
-    loaded = load(str(conf))
+
+def test_the_example_configuration_in_conf_loads():
+    loaded = load(str(CONF / "podshell.yaml"))
     assert loaded.pods and loaded.config.users
 
 
@@ -86,7 +98,7 @@ BAD = [
     (
         "role: gateway\n" + TLS + "nodes: [{name: n, address: 'h:1'}]\n",
         None,
-        "tls: cannot read the cluster certificate",
+        "ca.crt does not exist: make the cluster PKI with podshell ca init --dir ",
     ),
     ("state_dir: [1\n", None, "podshell.yaml:2:1: invalid YAML"),
     ("users: []\nusers: []\n", None, "podshell.yaml:2:1: invalid YAML: duplicate key 'users'"),
@@ -188,3 +200,69 @@ def test_the_server_keeps_bulk_buffers_on_the_heap():
     from podshell.heap import keep_buffers_on_the_heap
 
     assert keep_buffers_on_the_heap() is True
+
+
+def test_unreadable_cluster_certificates_are_one_line(write, tmp_path):
+    for name in ("ca.crt", "x.crt", "x.key"):
+        (tmp_path / name).write_text("not PEM\n")
+    with pytest.raises(ConfigError, match="tls: cannot read the cluster certificate"):
+        load(write("role: gateway\n" + TLS + "nodes: [{name: n, address: 'h:1'}]\n"))
+
+
+def config_check(cwd: Path, path: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PODSHELL, "config", "check", path], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_a_missing_pki_names_the_commands_that_make_it_and_they_do(tmp_path):
+    """The README's gateway and node examples, checked before their PKI exists:
+    the message's commands, run as given, are all that is missing."""
+    shutil.copytree(CONF, tmp_path / "conf")
+    r = config_check(tmp_path, "conf/gateway.yaml")
+    assert r.returncode == 1
+    assert r.stderr == (
+        "podshell: conf/gateway.yaml: tls: conf/pki/ca.crt does not exist: make the cluster PKI with "
+        "podshell ca init --dir conf/pki && podshell ca issue --dir conf/pki --name gw-1 --role gateway\n"
+    )
+    make = r.stderr.strip().split("make the cluster PKI with ")[1]
+    subprocess.run(make.replace("podshell ", f"{PODSHELL} "), shell=True, cwd=tmp_path, check=True, timeout=60)
+    r = config_check(tmp_path, "conf/gateway.yaml")
+    assert (r.returncode, r.stdout) == (0, "conf/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 users, 1 policy rules)\n")
+    # The node: the CA is there now, so only its own certificate is missing.
+    r = config_check(tmp_path, "conf/node.yaml")
+    assert r.stderr == (
+        "podshell: conf/node.yaml: tls: conf/pki/node-1.crt does not exist: make the cluster PKI with "
+        "podshell ca issue --dir conf/pki --name node-1 --role node --san 10.0.0.2\n"
+    )
+    make = r.stderr.strip().split("make the cluster PKI with ")[1]
+    subprocess.run(make.replace("podshell ", f"{PODSHELL} "), shell=True, cwd=tmp_path, check=True, timeout=60)
+    r = config_check(tmp_path, "conf/node.yaml")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_pods_file_is_checked_as_pod_manifests(tmp_path):
+    assert check(str(CONF / "pods.yaml")) == (
+        f"{CONF}/pods.yaml: OK (Pod manifests: 2 pods, 3 containers: team-a/web-0, team-b/db.primary)"
+    )
+    bad = tmp_path / "pods.yaml"
+    bad.write_text((CONF / "pods.yaml").read_text().replace("name: db.primary", "name: DB_0"))
+    with pytest.raises(ConfigError, match=r"pods.yaml: document 2: metadata.name: "):
+        check(str(bad))
+    # Given where a server configuration belongs, it says what the file is and where it goes.
+    with pytest.raises(ConfigError, match=r"holds Pod manifests \(kind: Pod\), not a server configuration: name it in"):
+        load(str(CONF / "pods.yaml"))
+
+
+@pytest.mark.parametrize(
+    "environ, uid, expected",
+    [
+        ({"PODSHELL_STATE_DIR": "/srv/ps"}, 1000, "/srv/ps"),
+        ({"PODSHELL_STATE_DIR": "/srv/ps"}, 0, "/srv/ps"),
+        ({}, 0, "/var/lib/podshell"),
+        ({"XDG_STATE_HOME": "/home/u/.st"}, 0, "/var/lib/podshell"),
+        ({"XDG_STATE_HOME": "/home/u/.st"}, 1000, "/home/u/.st/podshell"),
+        ({"XDG_STATE_HOME": "relative"}, 1000, "~/.local/state/podshell"),  # invalid per the spec: ignored
+        ({}, 1000, "~/.local/state/podshell"),
+    ],
+)
+def test_the_embedded_state_is_one_per_user_wherever_it_starts(environ, uid, expected):
+    assert defaults.state_dir(environ, uid) == Path(expected).expanduser()

@@ -128,11 +128,11 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
     (home / ".ssh").mkdir(parents=True)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@here"
     (home / ".ssh" / "id_ed25519.pub").write_text(key + "\n")
-    env = {**os.environ, "HOME": str(home), "USER": "tester", "LOGNAME": "tester"}
+    state = tmp_path / "state"
+    env = {**os.environ, "HOME": str(home), "USER": "tester", "LOGNAME": "tester", "PODSHELL_STATE_DIR": str(state)}
     server = server_dir(env=env)
     server.wait_for_log("container default/demo/web started")
     assert "podshell starting from the embedded default: 1 pods" in server.output()
-    state = tmp_path / "podshell-state"
     assert state.is_dir() and (state.stat().st_mode & 0o777) == 0o700
     # The README's kubectl commands, as written there.
     kube = {**env, "KUBECONFIG": str(state / "kubeconfig")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -10,9 +11,12 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
+from twisted.logger import Logger
 
 from podshell.config import Config, resolve_path
 from podshell.yamlfile import ConfigError
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,54 @@ def read_authorized_keys(path: Path) -> list[Key]:
     return keys
 
 
+def _stamp(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path),)
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class KeyFiles:
+    """A user's key files (C{authorized_keys} format; a glob like
+    C{~/.ssh/id_*.pub} allowed), read again when one changes: sshd reads
+    C{authorized_keys} at each login, so a key added later works at once.
+    A missing file has no keys."""
+
+    def __init__(self, patterns: Iterable[Path]) -> None:
+        self.patterns = list(patterns)
+        self.keys: list[Key] = []
+        self._seen: tuple | None = None
+
+    def _files(self) -> list[Path]:
+        files: list[Path] = []
+        for pattern in self.patterns:
+            if glob.has_magic(pattern.name):
+                files.extend(sorted(pattern.parent.glob(pattern.name)))
+            else:
+                files.append(pattern)
+        return files
+
+    def refresh(self) -> bool:
+        """Read the files again if any was added, removed or changed since the
+        last look; a stat per file, cheap enough for every login attempt."""
+        files = self._files()
+        stamp = tuple(_stamp(f) for f in files)
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        keys = []
+        for path in files:
+            try:
+                keys.extend(read_authorized_keys(path))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warn("cannot read SSH keys from {path}: {error}", path=str(path), error=e.strerror)
+        self.keys = keys
+        return True
+
+
 def _token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -71,22 +123,54 @@ class Directory:
     """Looks identities up by SSH public key or bearer token."""
 
     def __init__(self) -> None:
+        self._keys: dict[str, list[Key]] = {}
+        self._files: dict[str, KeyFiles] = {}
         self._by_key: dict[bytes, Identity] = {}
         self._by_token: dict[bytes, Identity] = {}
         self._by_name: dict[str, Identity] = {}
 
     def add(self, identity: Identity, keys: Iterable[Key] = (), tokens: Iterable[str] = ()) -> None:
+        """@raise ConfigError: a key that already belongs to someone else."""
         self._by_name[identity.name] = identity
-        for key in keys:
-            owner = self._by_key.get(key.blob())
-            if owner is not None and owner.name != identity.name:
-                fingerprint = key.fingerprint(FingerprintFormats.SHA256_BASE64)
-                raise ConfigError(f"the key {fingerprint} belongs to both {owner.name} and {identity.name}")
-            self._by_key[key.blob()] = identity
+        self._keys.setdefault(identity.name, []).extend(keys)
         for token in tokens:
             self._by_token[_token_digest(token)] = identity
+        self._by_key = self._index(strict=True)
+
+    def watch(self, name: str, paths: Iterable[Path]) -> None:
+        """Take the keys of C{name} also from these files, as they are at each login."""
+        files = self._files[name] = KeyFiles(paths)
+        files.refresh()
+        self._by_key = self._index(strict=True)
+
+    def _index(self, strict: bool) -> dict[bytes, Identity]:
+        """Identities by key blob.  A key two users have is a configuration
+        error at start; if a changed file makes one, it logs in as neither."""
+        index: dict[bytes, Identity] = {}
+        shared: set[bytes] = set()
+        for name, identity in self._by_name.items():
+            files = self._files.get(name)
+            for key in self._keys.get(name, []) + (files.keys if files else []):
+                owner = index.setdefault(key.blob(), identity)
+                if owner.name != name:
+                    fingerprint = key.fingerprint(FingerprintFormats.SHA256_BASE64)
+                    message = f"the key {fingerprint} belongs to both {owner.name} and {name}"
+                    if strict:
+                        raise ConfigError(message)
+                    log.error("{message}: it logs in as neither", message=message)
+                    shared.add(key.blob())
+        for blob in shared:
+            del index[blob]
+        return index
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether any SSH login can succeed (as of the last look at the key files)."""
+        return bool(self._by_key)
 
     def by_key(self, blob: bytes) -> Identity | None:
+        if any([files.refresh() for files in self._files.values()]):
+            self._by_key = self._index(strict=False)
         return self._by_key.get(blob)
 
     def by_certificate(self, cert: x509.Certificate) -> Identity | None:
@@ -110,11 +194,12 @@ class Directory:
                     keys.append(parse_public_key(line))
                 except ValueError:
                     raise ConfigError(f"users[{i}].ssh_keys[{j}]: not an OpenSSH public key line") from None
+            directory.add(Identity(user.name, frozenset(user.groups)), keys, user.tokens)
             if user.authorized_keys_file:
                 path = resolve_path(base, user.authorized_keys_file)
                 try:
-                    keys.extend(read_authorized_keys(path))
+                    path.read_bytes()  # a typo in the path is an error at start, not "no keys"
                 except OSError as e:
                     raise ConfigError(f"users[{i}].authorized_keys_file: cannot read {path}: {e.strerror}") from None
-            directory.add(Identity(user.name, frozenset(user.groups)), keys, user.tokens)
+                directory.watch(user.name, [path])
         return directory
