@@ -56,7 +56,7 @@ def test_config_check_reports_one_line(tmp_path):
 
 def test_help_and_usage_errors():
     assert "config" in run("--help").stdout
-    assert "example: podshell config check" in run("config", "check", "--help").stdout
+    assert "examples:\n  podshell config check conf/podshell.yaml\n" in run("config", "check", "--help").stdout
     result = run("frobnicate")
     assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
 
@@ -131,3 +131,102 @@ def test_cluster_ca_init_issue_and_show(tmp_path):
     assert missing.stderr == f"podshell: no CA in {tmp_path / 'none'}: run podshell ca init --dir {tmp_path / 'none'}\n"
     twice = run("ca", "issue", "--dir", str(pki_dir), "--name", "gw-1", "--role", "gateway")
     assert twice.returncode == 1 and "already exists" in twice.stderr
+
+
+def test_channel_messages_reassembled_from_any_pieces():
+    """Messages cut into fragments, and the fragments' bytes into reads of any
+    size, as wsproto hands them over: only each message's first byte is its
+    channel, and every other byte arrives, in order, on that channel."""
+    import random
+
+    import pytest
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from podshell.cli.profile import CLIError
+    from podshell.cli.remote import Demux
+
+    rng = random.Random(12)
+    server, client, demux = (
+        FrameProtocol(client=False, extensions=[]),
+        FrameProtocol(client=True, extensions=[]),
+        Demux(),
+    )
+    sent: dict[int, bytearray] = {1: bytearray(), 2: bytearray(), 3: bytearray()}
+    wire = bytearray()
+    for size in [0, 1, 16383, 16384, 16385, 65535, 65537, (1 << 20) + 3, *(rng.randrange(200000) for _ in range(20))]:
+        channel = rng.choice(list(sent))
+        message = bytes((channel,)) + rng.randbytes(size)
+        sent[channel] += message[1:]
+        cuts = sorted(rng.sample(range(1, len(message)), min(len(message) - 1, rng.randrange(4))))
+        for start, end in zip([0, *cuts], [*cuts, len(message)], strict=True):
+            wire += server.send_data(message[start:end], fin=end == len(message))
+    got: dict[int, bytearray] = {1: bytearray(), 2: bytearray(), 3: bytearray()}
+    while wire:
+        n = rng.choice([1, 7, 16384, 65536, rng.randrange(1, 300000)])
+        client.receive_bytes(bytes(wire[:n]))
+        del wire[:n]
+        for frame in client.received_frames():
+            assert frame.opcode in (Opcode.BINARY, Opcode.CONTINUATION)
+            piece = demux.feed(frame.payload, frame.message_finished)
+            if piece is not None:
+                got[piece[0]] += piece[1]
+    assert got == sent
+    with pytest.raises(CLIError, match="empty channel message"):
+        demux.feed(b"", True)
+
+
+def _parsers():
+    """Every command and subcommand's parser, with its words (aliases once)."""
+    import argparse
+
+    from podshell.cli.main import parser
+
+    todo, seen = [((), parser())], set()
+    while todo:
+        words, command = todo.pop()
+        yield words, command
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if id(sub) not in seen:
+                        seen.add(id(sub))
+                        todo.append(((*words, name), sub))
+
+
+def test_every_command_has_examples():
+    commands = [words for words, _ in _parsers() if words]
+    assert {("get",), ("get", "pods"), ("config",), ("ca",), ("ca", "show"), ("kubeconfig",)} <= set(commands)
+    for words, command in _parsers():
+        if words:
+            assert "\nexamples:\n  podshell " in command.format_help(), " ".join(words)
+    shown = run("get", "--help")  # as a user sees it
+    assert shown.returncode == 0 and "examples:\n  podshell get pods\n" in shown.stdout
+
+
+def test_kubeconfig_output_is_private_and_replaced_whole(tmp_path):
+    import os
+    import stat
+
+    import yaml
+
+    target = tmp_path / "new" / "dir" / "config"
+    argv = [PODSHELL, "kubeconfig", "--server", "https://gw.example:8443", "--token", "secret-token-0123456789"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSHELL_", "XDG_"))}
+    env["HOME"] = str(tmp_path)
+    for before in (None, "old: world-readable\n"):
+        if before is not None:
+            target.write_text(before)
+            target.chmod(0o644)
+        r = subprocess.run(
+            ["sh", "-c", 'umask 022; exec "$@"', "sh", *argv, "-n", "team-a", "--output", str(target)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", f"Wrote {target} (readable by you only).\n")
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        config = yaml.safe_load(target.read_text())
+        assert config["users"][0]["user"]["token"] == "secret-token-0123456789"
+        assert config["contexts"][0]["context"]["namespace"] == "team-a"
+        assert sorted(p.name for p in target.parent.iterdir()) == ["config"]  # no temporary left behind
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    r = subprocess.run([*argv, "--output", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith(f"podshell: cannot write {tmp_path}: ")

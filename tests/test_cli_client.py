@@ -46,15 +46,21 @@ POLICY = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
 class Server:
     """A podshell server that can be restarted on the same port and state."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pods: list[dict] = PODS, containers: int = 4) -> None:
         self.root = root
+        self.pods = pods
+        self.containers = containers
         self.api_port = free_port()
         self.url = f"https://127.0.0.1:{self.api_port}"
         self.start()
 
     def start(self) -> None:
-        self.proc = PodshellServer(self.root, PODS, USERS, POLICY, api=f"ssl:{self.api_port}:interface=127.0.0.1")
-        self.proc.wait_ready(containers=4)
+        self.proc = PodshellServer(self.root, self.pods, USERS, POLICY, api=f"ssl:{self.api_port}:interface=127.0.0.1")
+        try:
+            self.proc.wait_ready(containers=self.containers)
+        except BaseException:
+            self.proc.stop()
+            raise
         time.sleep(0.5)  # the pod's servers start listening
 
     def stop(self) -> None:
@@ -83,12 +89,17 @@ def ca(server: Server) -> str:
     return str(server.root / "state" / "ca.crt")
 
 
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user whose home is C{home} (none of ours leaks in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSHELL_", "XDG_"))}
+    return {**env, "HOME": str(home), **extra}
+
+
 def cli(home: Path, *args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     assert PODSHELL, "the podshell console script is installed next to the interpreter"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSHELL_", "XDG_"))}
     kw.setdefault("capture_output", True)
     kw.setdefault("timeout", 120)
-    return subprocess.run([PODSHELL, *args], env={**env, "HOME": str(home), **(extra_env or {})}, **kw)
+    return subprocess.run([PODSHELL, *args], env=cli_env(home, **(extra_env or {})), **kw)
 
 
 def test_login_saves_a_private_profile(server, tmp_path):
@@ -219,11 +230,10 @@ def test_kubeconfig_serves_kubectl(home, tmp_path):
 
 
 class Forward:
-    def __init__(self, home: Path, *specs: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PODSHELL_")}
+    def __init__(self, home: Path, *specs: str, pod: str = "team-a/web-0") -> None:
         self.proc = subprocess.Popen(
-            [PODSHELL, "port-forward", "-n", "team-a", "web-0", *specs],
-            env={**env, "HOME": str(home)},
+            [PODSHELL, "port-forward", pod, *specs],
+            env=cli_env(home),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

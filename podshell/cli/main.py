@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,21 +16,13 @@ from podshell.cli.profile import CLIError
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from podshell.tap import load
+    from podshell.tap import check
     from podshell.yamlfile import ConfigError
 
     try:
-        loaded = load(args.config)
+        print(check(args.config))
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    config = loaded.config
-    doors = f"{len(config.users)} users, {len(config.policy)} policy rules"
-    what = {
-        "all": f"{doors}, {len(loaded.pods)} pods",
-        "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {len(config.nodes)} nodes, {doors}",
-        "node": f"node agent {config.node.name if config.node else ''}: {len(loaded.pods)} pods",
-    }[config.role]
-    print(f"{loaded.source}: OK ({what})")
     return 0
 
 
@@ -111,6 +104,13 @@ def _attach(args: argparse.Namespace) -> int:
     return remote.run(_api(args), namespace, pod, container, None, args.stdin, args.tty)
 
 
+def _logs(args: argparse.Namespace) -> int:
+    from podshell.cli import logs
+
+    namespace, pod, container = _target(args)
+    return logs.run(_api(args), namespace, pod, container, args)
+
+
 def _port_forward(args: argparse.Namespace) -> int:
     from podshell.cli.portforward import Forwarder, parse_ports
 
@@ -156,7 +156,15 @@ def _kubeconfig(args: argparse.Namespace) -> int:
 
     profile = resolve(args)
     ca = profile.ca_pem.encode() if profile.ca_pem else None
-    sys.stdout.write(kubeconfig.render(profile.server, "podshell", profile.token, ca, args.namespace))
+    text = kubeconfig.render(profile.server, "podshell", profile.token, ca, args.namespace)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        kubeconfig.write(Path(args.output).expanduser(), text)
+    except OSError as e:
+        raise CLIError(f"cannot write {args.output}: {e.strerror or e}") from None
+    print(f"Wrote {args.output} (readable by you only).", file=sys.stderr)
     return 0
 
 
@@ -171,12 +179,16 @@ def _connection_command(commands, name: str, help: str, epilog: str, **kw) -> ar
     return command
 
 
-def _pod_arguments(command: argparse.ArgumentParser) -> None:
+def _container_arguments(command: argparse.ArgumentParser) -> None:
+    """Which container: what every command about one container takes."""
     command.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
     command.add_argument("-c", "--container", help="the container (default: the pod's default container)")
+    command.add_argument("pod", metavar="POD", help="POD, NS/POD or NS/POD/CONTAINER")
+
+
+def _stream_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("-i", "--stdin", action="store_true", help="pass your standard input to it")
     command.add_argument("-t", "--tty", action="store_true", help="with a terminal: yours, in raw mode")
-    command.add_argument("pod", metavar="POD", help="POD, NS/POD or NS/POD/CONTAINER")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,13 +198,21 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"podshell {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    config = commands.add_parser("config", help="work with server configuration files")
+    config = commands.add_parser(
+        "config", help="work with server configuration files",
+        description="Work with server configuration files.",
+        epilog="examples:\n  podshell config check conf/podshell.yaml\n  podshell config check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     check = config_commands.add_parser(
         "check",
-        help="validate a configuration and the pod manifests it names",
+        help="validate a configuration (and the pod manifests it names), or a file of Pod manifests",
         description="Validate a server configuration without starting anything.",
-        epilog="example: podshell config check conf/podshell.yaml",
+        epilog="examples:\n  podshell config check conf/podshell.yaml\n"
+        "  podshell config check conf/pods.yaml   # Pod manifests alone\n"
+        "  podshell config check      # the embedded default configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("config", nargs="?", default=None, help="the file (default: the embedded default)")
     check.set_defaults(run=_config_check)
@@ -200,11 +220,15 @@ def parser() -> argparse.ArgumentParser:
     ca = commands.add_parser(
         "ca", help="the cluster CA for gateways and node agents",
         description="The cluster CA: gateways and node agents prove who they are to each other with its certificates.",
+        epilog="examples:\n  podshell ca init --dir pki\n  podshell ca issue --dir pki --name gw-1 --role gateway\n"
+        "  podshell ca show pki/gw-1.crt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
     ca_init = ca_commands.add_parser(
         "init", help="create the CA (EC P-256; the key is written 0600)",
-        epilog="example: podshell ca init --dir pki", description="Create the cluster CA in a directory.",
+        epilog="examples:\n  podshell ca init --dir pki\n  podshell ca init --dir pki --name 'acme CA' --days 1825",
+        description="Create the cluster CA in a directory.", formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     ca_init.add_argument("--dir", required=True, help="where ca.crt and ca.key go")
     ca_init.add_argument("--name", default="podshell cluster CA", help="the CA's common name")
@@ -225,7 +249,8 @@ def parser() -> argparse.ArgumentParser:
     ca_issue.set_defaults(run=_ca_issue)
     ca_show = ca_commands.add_parser(
         "show", help="say what a certificate is", description="Show a certificate's name, role, names and expiry.",
-        epilog="example: podshell ca show pki/node-1.crt",
+        epilog="examples:\n  podshell ca show pki/node-1.crt\n  podshell ca show pki/ca.crt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     ca_show.add_argument("certificate", help="a PEM certificate file")
     ca_show.set_defaults(run=_ca_show)
@@ -244,10 +269,18 @@ def parser() -> argparse.ArgumentParser:
     ]  # fmt: skip
     for name, summary, run, epilog in pod_commands:
         command = _connection_command(commands, name, summary, epilog)
-        _pod_arguments(command)
+        _container_arguments(command)
+        _stream_arguments(command)
         command.set_defaults(run=run)
         if name == "exec":
             command.usage = "podshell exec [-h] [-n NS] [-c CTR] [-i] [-t] POD -- COMMAND [ARG...]"
+
+    from podshell.cli import logs
+
+    log = _connection_command(commands, "logs", "print a container's log", logs.EPILOG)
+    _container_arguments(log)
+    logs.add_arguments(log)
+    log.set_defaults(run=_logs)
 
     forward = _connection_command(
         commands, "port-forward", "forward local ports to ports inside a pod",
@@ -262,7 +295,11 @@ def parser() -> argparse.ArgumentParser:
     forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE", help="LOCAL empty or 0: any free port")
     forward.set_defaults(run=_port_forward, container=None)
 
-    get = commands.add_parser("get", help="list resources")
+    get = commands.add_parser(
+        "get", help="list resources", description="List resources.",
+        epilog="examples:\n  podshell get pods\n  podshell get pods -n team-a -o wide\n  podshell get pods -A -o json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     get_commands = get.add_subparsers(dest="get_command", metavar="RESOURCE", required=True)
     pods = _connection_command(
         get_commands, "pods", "list the pods you may use",
@@ -276,21 +313,39 @@ def parser() -> argparse.ArgumentParser:
 
     login = _connection_command(
         commands, "login", "save a server and token for the other commands",
-        "example:\n  podshell login --server https://gw:8443 --token-file token --certificate-authority ca.crt\n\n"
+        "examples:\n  podshell login --server https://gw:8443 --token-file token --certificate-authority ca.crt\n"
+        "  printenv TOKEN | podshell login --server https://gw:8443 --token-file -\n\n"
         "The profile goes to ~/.config/podshell/profile.yaml (mode 0600), with the CA inside it.",
     )  # fmt: skip
     login.set_defaults(run=_login)
 
     kube = _connection_command(
         commands, "kubeconfig", "print a kubeconfig for kubectl with the same server, CA and token",
-        "example:\n  podshell kubeconfig > ~/.kube/podshell && KUBECONFIG=~/.kube/podshell kubectl get pods",
+        "examples:\n  podshell kubeconfig --output ~/.kube/podshell && KUBECONFIG=~/.kube/podshell kubectl get pods\n"
+        "  podshell kubeconfig -n team-a\n\n"
+        "It holds your token: prefer --output (mode 0600, replaced whole) to redirecting stdout,\n"
+        "which creates the file readable by everyone under the usual umask.",
     )  # fmt: skip
     kube.add_argument("-n", "--namespace", default="default", help="the context's namespace (default: default)")
+    kube.add_argument(
+        "--output", metavar="FILE", help="write it to FILE (mode 0600; the directory is created) instead of stdout"
+    )
     kube.set_defaults(run=_kubeconfig)
     return top
 
 
+def _hold_standard_descriptors() -> None:
+    """/dev/null on a closed 0, 1 or 2 (C{0<&-}): else the next socket takes
+    the number, and stdin is read from the server or output written to it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 def main(argv: list[str] | None = None) -> int:
+    _hold_standard_descriptors()
     argv = sys.argv[1:] if argv is None else argv
     # Everything after "--" is the command (flags may come after POD, as with kubectl).
     split = argv.index("--") if "--" in argv else len(argv)

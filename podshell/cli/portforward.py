@@ -1,7 +1,12 @@
 """``podshell port-forward``: local listeners, one SPDY connection to the
 server carrying every forwarded connection (the same sans-IO core as the
 server), and reconnection with back-off that keeps the listeners: a server
-restart costs the connections in flight, not the command."""
+restart costs the connections in flight, not the command.
+
+Every socket is non-blocking (L{pump}): a local client slow to read or a
+server slow to take must not stop the other direction, or a pod that echoes
+what it reads deadlocks against us.  SPDY here has no windows, so a local
+client that falls far behind pauses reading the server, for every stream."""
 
 from __future__ import annotations
 
@@ -12,12 +17,16 @@ import time
 from dataclasses import dataclass, field
 
 from podshell import __version__
+from podshell.cli import pump
 from podshell.cli.api import API, pod_path
 from podshell.cli.profile import CLIError
 from podshell.protocols import remotecommand as rc
 from podshell.protocols import spdy
 
 BACKOFF_MAX = 8.0
+RECEIVE_TURN = 256 * 1024  # what one turn reads from the server at most
+SEND_QUEUE = 256 * 1024  # local sockets are not read while this much waits for the server
+LOCAL_QUEUE = 1024 * 1024  # the server is not read while a local client has this much to take
 
 
 @dataclass
@@ -32,6 +41,7 @@ class _Forwarded:
     error_text: bytes = b""
     sent_eof: bool = False
     got_eof: bool = False
+    to_local: bytearray = field(default_factory=bytearray)  # from the pod, waiting for the local socket
 
 
 @dataclass
@@ -46,6 +56,8 @@ class _Session:
     sock: socket.socket
     core: spdy.SpdyConnection
     streams: dict[int, _Forwarded] = field(default_factory=dict)
+    sel: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    outgoing: bytearray = field(default_factory=bytearray)  # framed, waiting for the server socket
 
 
 class Forwarder:
@@ -110,26 +122,27 @@ class Forwarder:
             raise
         session = _Session(sock, spdy.SpdyConnection(client=True))
         if rest:
-            self._events(session, session.core.receive_data(rest))
+            self._events(session, session.core.receive_data(rest))  # no streams yet: a PING, at most
         return session
 
     def _serve(self, session: _Session) -> None:
         """Forward until the server connection ends."""
-        sel = selectors.DefaultSelector()
-        sel.register(session.sock, selectors.EVENT_READ, "server")
+        sel = session.sel
         for listener in self.listeners:
             sel.register(listener.sock, selectors.EVENT_READ, listener)
-        session.sock.settimeout(None)
+        session.sock.setblocking(False)
+        self._flush(session)  # what answered the upgrade's leftovers
         try:
             while True:
-                for key, _ in sel.select():
+                self._interests(session)
+                for key, events in sel.select():
                     if key.data == "server":
-                        if not self._from_server(session, sel):
+                        if events & selectors.EVENT_READ and not self._from_server(session):
                             return
                     elif isinstance(key.data, _Listener):
-                        self._accept(session, sel, key.data)
+                        self._accept(session, key.data)
                     else:
-                        self._from_local(session, sel, key.data)
+                        self._local(session, key.data, events)
                     self._flush(session)
         except OSError:
             return
@@ -140,11 +153,34 @@ class Forwarder:
             session.sock.close()
             sel.close()
 
-    def _accept(self, session: _Session, sel: selectors.BaseSelector, listener: _Listener) -> None:
+    def _local(self, session: _Session, forwarded: _Forwarded, events: int) -> None:
+        """A local socket is ready (if it was not closed earlier in this turn)."""
+        if events & selectors.EVENT_WRITE and session.streams.get(forwarded.data) is forwarded:
+            self._to_local(session, forwarded)
+        if events & selectors.EVENT_READ and session.streams.get(forwarded.data) is forwarded:
+            self._from_local(session, forwarded)
+
+    @staticmethod
+    def _interests(session: _Session) -> None:
+        """Read from a side only while the other side keeps up; write where something waits."""
+        behind = False
+        take_local = len(session.outgoing) < SEND_QUEUE
+        for stream_id, forwarded in session.streams.items():
+            if stream_id != forwarded.data:
+                continue  # its error stream
+            behind = behind or len(forwarded.to_local) >= LOCAL_QUEUE
+            events = selectors.EVENT_READ if take_local and not forwarded.sent_eof else 0
+            writable = selectors.EVENT_WRITE if forwarded.to_local else 0
+            pump.interest(session.sel, forwarded.sock, events | writable, forwarded)
+        events = 0 if behind else selectors.EVENT_READ
+        pump.interest(session.sel, session.sock, events | (selectors.EVENT_WRITE if session.outgoing else 0), "server")
+
+    def _accept(self, session: _Session, listener: _Listener) -> None:
         try:
             conn, _ = listener.sock.accept()
         except OSError:
             return
+        conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         headers = {"port": str(listener.remote), "requestid": str(self.request)}
         self.request += 1
@@ -153,71 +189,72 @@ class Forwarder:
         data = session.core.open_stream({"streamtype": "data", **headers})
         forwarded = _Forwarded(conn, listener.local, listener.remote, data, error)
         session.streams[data] = session.streams[error] = forwarded
-        sel.register(conn, selectors.EVENT_READ, forwarded)
 
-    def _from_local(self, session: _Session, sel: selectors.BaseSelector, forwarded: _Forwarded) -> None:
+    def _from_local(self, session: _Session, forwarded: _Forwarded) -> None:
         try:
             data = forwarded.sock.recv(65536)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if data:
             session.core.send_data(forwarded.data, data)
             return
-        sel.unregister(forwarded.sock)
         forwarded.sent_eof = True
         session.core.send_data(forwarded.data, b"", fin=True)
-        if forwarded.got_eof:
+        if forwarded.got_eof and not forwarded.to_local:
             self._close(session, forwarded)
 
-    def _from_server(self, session: _Session, sel: selectors.BaseSelector) -> bool:
-        data = session.sock.recv(65536)
-        if not data:
-            return False
-        events = session.core.receive_data(data)
-        self._events(session, events, sel)
-        return not any(isinstance(e, (spdy.GoAway, spdy.ConnectionBroken)) for e in events)
+    def _to_local(self, session: _Session, forwarded: _Forwarded) -> None:
+        """Give the local client what it takes now; after the pod's EOF and the last byte, pass the EOF on."""
+        try:
+            del forwarded.to_local[: forwarded.sock.send(forwarded.to_local)]
+            if forwarded.got_eof and not forwarded.to_local and not forwarded.sent_eof:
+                forwarded.sock.shutdown(socket.SHUT_WR)
+        except BlockingIOError:
+            return
+        except OSError:  # the local client is gone
+            session.core.reset(forwarded.data)
+            self._close(session, forwarded)
+            return
+        if forwarded.got_eof and not forwarded.to_local and forwarded.sent_eof:
+            self._close(session, forwarded)
 
-    def _events(self, session: _Session, events: list, sel: selectors.BaseSelector | None = None) -> None:
+    def _from_server(self, session: _Session) -> bool:
+        data, eof = pump.receive(session.sock, RECEIVE_TURN)
+        events = session.core.receive_data(data) if data else []
+        self._events(session, events)
+        return not eof and not any(isinstance(e, (spdy.GoAway, spdy.ConnectionBroken)) for e in events)
+
+    def _events(self, session: _Session, events: list) -> None:
         for event in events:
             forwarded = session.streams.get(getattr(event, "stream_id", -1))
             if forwarded is None:
                 continue
             if isinstance(event, spdy.Data) and event.stream_id == forwarded.data:
-                if event.data:
-                    try:
-                        forwarded.sock.sendall(event.data)
-                    except OSError:
-                        session.core.reset(forwarded.data)
-                        self._close(session, forwarded, sel)
-                        continue
-                if event.fin:
-                    forwarded.got_eof = True
-                    if forwarded.sent_eof:
-                        self._close(session, forwarded, sel)
-                    else:
-                        forwarded.sock.shutdown(socket.SHUT_WR)
+                forwarded.to_local += event.data
+                forwarded.got_eof = event.fin
+                self._to_local(session, forwarded)
             elif isinstance(event, spdy.Data):  # the error stream
                 forwarded.error_text += event.data[: 4096 - len(forwarded.error_text)]
                 if event.fin and forwarded.error_text:
                     text = forwarded.error_text.decode(errors="replace")
                     print(f"error forwarding {forwarded.local} -> {forwarded.remote}: {text}", file=sys.stderr)
-                    self._close(session, forwarded, sel)
+                    self._close(session, forwarded)
             elif isinstance(event, spdy.StreamReset) and event.stream_id == forwarded.data:
-                self._close(session, forwarded, sel)
+                self._close(session, forwarded)
 
-    def _close(self, session: _Session, forwarded: _Forwarded, sel: selectors.BaseSelector | None = None) -> None:
+    def _close(self, session: _Session, forwarded: _Forwarded) -> None:
         if session.streams.pop(forwarded.data, None) is None:
             return
         session.streams.pop(forwarded.error, None)
-        if sel is not None and not forwarded.sent_eof:
-            sel.unregister(forwarded.sock)
+        pump.interest(session.sel, forwarded.sock, 0, forwarded)
         forwarded.sock.close()
 
     @staticmethod
     def _flush(session: _Session) -> None:
-        out = session.core.data_to_send()
-        if out:
-            session.sock.sendall(out)
+        session.outgoing += session.core.data_to_send()
+        pump.send(session.sock, session.outgoing)
 
 
 def parse_ports(specs: list[str]) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import selectors
 import signal
 import ssl
@@ -32,6 +33,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from podshell.cli import pump
 from podshell.cli.api import API, failure, pod_path
 from podshell.cli.profile import CLIError
 from podshell.protocols import channels
@@ -106,86 +108,185 @@ def _raw_terminal(tty: bool) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+STDIN_CHUNK = 64 * 1024  # what one read of our stdin may take
+RECEIVE_TURN = 256 * 1024  # what one turn of the loop reads from the server at most
+SEND_QUEUE = 256 * 1024  # stdin is not read while this much waits for the server
+MAX_STATUS = 64 * 1024  # the final Status is a small JSON object
+
+
+class Demux:
+    """Channel messages out of wsproto's pieces.
+
+    wsproto hands a message over as it arrives: a fragment, or as much of a
+    frame as one read brought.  Only a message's first byte is its channel;
+    the rest, in every piece, is data, passed on as it comes, so a message of
+    any size costs no memory here.
+    """
+
+    def __init__(self) -> None:
+        self._channel: int | None = None  # of the message in progress, once its first byte came
+
+    def feed(self, data: bytes, finished: bool) -> tuple[int, bytes] | None:
+        """The channel and data in one piece of a message (None before the channel byte)."""
+        channel = self._channel
+        if channel is None and data:
+            channel, data = data[0], data[1:]
+        self._channel = None if finished else channel
+        if channel is None:
+            if finished:
+                raise CLIError("the server sent an empty channel message")
+            return None
+        return channel, data
+
+
+class _OutputClosed(Exception):
+    """Whoever reads our stdout or stderr stopped (C{| head})."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of C{data}, however the descriptor takes it: in pieces, or, if
+    whoever shares it made it non-blocking, when it is ready."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
+        except BrokenPipeError:
+            raise _OutputClosed from None
+        except OSError as e:  # a full disk, say
+            raise CLIError(f"cannot write the command's output: {e.strerror or e}") from None
+
+
 class _Session:
+    """A non-blocking socket (L{pump}): a command reading and writing much at
+    once cannot deadlock against us.  Stdin is read only while little of it
+    waits (a slow server backs a big file up; it is not read into memory)."""
+
     def __init__(self, sock: ssl.SSLSocket, ws: WSConnection, stdin: bool, tty: bool) -> None:
         self.sock = sock
         self.ws = ws
-        self.stdin = stdin
+        self.stdin_open = stdin
         self.tty = tty
+        self.demux = Demux()
         self.status: bytes | None = None
-        self.out = {rc.STDOUT: sys.stdout.buffer, rc.STDERR: sys.stderr.buffer}
+        self.outgoing = bytearray()  # framed, waiting for the socket
 
     def loop(self, early: list[Event]) -> int:
+        try:
+            return self._loop(early)
+        except _OutputClosed:
+            return 128 + signal.SIGPIPE  # quietly, as a tool killed by SIGPIPE would
+
+    def _loop(self, early: list[Event]) -> int:
         if any(self._event(event) for event in early):
             return self._exit_code()
+        self.sock.setblocking(False)
         sel = selectors.DefaultSelector()
-        sock = self.sock
-        sock.setblocking(True)
-        sel.register(sock, selectors.EVENT_READ, "net")
-        if self.stdin:
-            sel.register(0, selectors.EVENT_READ, "stdin")
+        stdin_polled = self.stdin_open and self._pollable(sel)
         wake_r, wake_w = os.pipe()
         if self.tty:
             os.set_blocking(wake_w, False)
-            signal.signal(signal.SIGWINCH, lambda *_: os.write(wake_w, b"w"))
+            signal.signal(signal.SIGWINCH, lambda *_: None)  # the wakeup fd is what tells the loop
+            signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
             sel.register(wake_r, selectors.EVENT_READ, "winch")
             self._resize()
         try:
             while True:
-                for key, _ in sel.select():
+                want_stdin = self.stdin_open and len(self.outgoing) < SEND_QUEUE
+                net = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outgoing else 0)
+                pump.interest(sel, self.sock, net, "net")
+                if stdin_polled:
+                    pump.interest(sel, 0, selectors.EVENT_READ if want_stdin else 0, "stdin")
+                # A file or /dev/null cannot be polled: it is always ready, read between socket turns.
+                stdin_ready = want_stdin and not stdin_polled
+                for key, events in sel.select(0 if stdin_ready else None):
                     if key.data == "stdin":
-                        data = os.read(0, 65536)
-                        if data:
-                            self._send(rc.STDIN, data)
-                        else:
-                            sel.unregister(0)
-                            self._send(rc.CLOSE, bytes((rc.STDIN,)))  # EOF, delivered
+                        stdin_ready = True
                     elif key.data == "winch":
                         os.read(wake_r, 512)
                         self._resize()
-                    elif self._receive():
+                    elif events & selectors.EVENT_READ and self._receive():
                         return self._exit_code()
+                if stdin_ready:
+                    self._read_stdin()
+                self._flush()
         finally:
             if self.tty:
+                signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGWINCH, signal.SIG_DFL)
             os.close(wake_r)
             os.close(wake_w)
             sel.close()
 
+    @staticmethod
+    def _pollable(sel: selectors.BaseSelector) -> bool:
+        """Whether stdin can be selected on (epoll refuses regular files and /dev/null)."""
+        try:
+            sel.register(0, selectors.EVENT_READ, "stdin")
+        except PermissionError:
+            return False
+        sel.unregister(0)
+        return True
+
+    def _read_stdin(self) -> None:
+        try:
+            data = os.read(0, STDIN_CHUNK)
+        except BlockingIOError:  # polled, and someone else took what woke us
+            return
+        except OSError:  # EIO: the terminal hung up; that is the end of input
+            data = b""
+        if data:
+            self._send(rc.STDIN, data)
+            return
+        self.stdin_open = False
+        self._send(rc.CLOSE, bytes((rc.STDIN,)))  # EOF, delivered
+
     def _receive(self) -> bool:
         """Read what the server sent; True when the session is over."""
-        data = self.sock.recv(65536)
-        while self.sock.pending():
-            data += self.sock.recv(self.sock.pending())
-        self.ws.receive_data(data or None)
-        return any(self._event(event) for event in self.ws.events()) or not data
+        try:
+            data, eof = pump.receive(self.sock, RECEIVE_TURN)
+        except OSError as e:
+            raise CLIError(f"the connection to the server broke: {e}") from None
+        self.ws.receive_data(data)
+        return any(self._event(event) for event in self.ws.events()) or eof
 
     def _event(self, event: Event) -> bool:
         """Act on one event; True when the session is over."""
         if isinstance(event, Message):
-            payload = event.data.encode("latin-1") if isinstance(event, TextMessage) else event.data
-            self._message(payload)
+            data = event.data.encode() if isinstance(event, TextMessage) else event.data
+            piece = self.demux.feed(data, event.message_finished)
+            if piece is not None:
+                self._message(*piece)
         elif isinstance(event, Ping):
-            self.sock.sendall(self.ws.send(event.response()))
+            self.outgoing += self.ws.send(event.response())
         elif isinstance(event, CloseConnection):
             with contextlib.suppress(Exception):
-                self.sock.sendall(self.ws.send(event.response()))
+                self.outgoing += self.ws.send(event.response())
+                self._flush()
             return True
         return False
 
-    def _message(self, payload: bytes) -> None:
-        channel, data = channels.decode(payload, b64=False)
-        if channel in self.out and data:
-            stream = self.out[channel]
-            stream.write(data)
-            stream.flush()
-        elif channel == rc.ERROR and data:
-            self.status = data
+    def _message(self, channel: int, data: bytes) -> None:
+        if not data:
+            return
+        if channel in (rc.STDOUT, rc.STDERR):
+            _write_all(channel, data)  # our descriptors 1 and 2 are the channels' numbers
+        elif channel == rc.ERROR:
+            self.status = (self.status or b"") + data
+            if len(self.status) > MAX_STATUS:
+                raise CLIError(f"the server's final status is over {MAX_STATUS} bytes: not a Status")
 
     def _send(self, channel: int, data: bytes) -> None:
         message = channels.encode(channel, data, b64=False)
         assert isinstance(message, bytes)
-        self.sock.sendall(self.ws.send(BytesMessage(data=message)))
+        self.outgoing += self.ws.send(BytesMessage(data=message))
+
+    def _flush(self) -> None:
+        try:
+            pump.send(self.sock, self.outgoing, STDIN_CHUNK)
+        except OSError as e:
+            raise CLIError(f"the connection to the server broke: {e}") from None
 
     def _resize(self) -> None:
         rows, cols, _, _ = struct.unpack("4H", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
