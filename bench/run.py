@@ -146,7 +146,7 @@ class Bench:
         )  # fmt: skip
         self.podshell.wait_ready(containers=1)
         time.sleep(0.5)
-        from podshell import kubeconfig
+        from podshell.core import kubeconfig
 
         ca = (root / "podshell" / "state" / "ca.crt").read_bytes()
         self.kubeconfig = root / "kubeconfig"

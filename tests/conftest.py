@@ -12,10 +12,10 @@ import pytest_twisted
 import yaml
 from twisted.internet import defer, reactor
 
-from podshell.config import Backoff
+from podshell.core.process import ExitStatus
 from podshell.node.runtime.local import LocalRuntime
-from podshell.node.runtime.manifest import load_pods
-from podshell.node.spawner import ExitStatus, Spawner
+from podshell.node.runtime.manifest import Backoff, load_pods
+from podshell.node.spawner import Spawner
 
 PYTHON = sys.executable
 

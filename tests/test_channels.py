@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from podshell.node.spawner import ExitStatus, WindowSize
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 
@@ -59,18 +58,18 @@ def test_query_flags_and_the_tty_rule():
 
 
 def test_final_status_per_protocol():
-    assert json.loads(rc.final_status(ExitStatus(0), ["x"], rc.V4)) == {"metadata": {}, "status": "Success"}
-    failure = json.loads(rc.final_status(ExitStatus(signal="KILL"), ["x"], rc.V5))
+    assert json.loads(rc.final_status(rc.Ended(0), ["x"], rc.V4)) == {"metadata": {}, "status": "Success"}
+    failure = json.loads(rc.final_status(rc.Ended(signal="KILL"), ["x"], rc.V5))
     assert failure["reason"] == "NonZeroExitCode"
     assert failure["details"]["causes"] == [{"reason": "ExitCode", "message": "137"}]
-    assert rc.final_status(ExitStatus(0), ["x"], rc.V1) == b""  # old protocols: silence is success
-    assert b"exit code 3" in rc.final_status(ExitStatus(3), ["x"], rc.V2)
+    assert rc.final_status(rc.Ended(0), ["x"], rc.V1) == b""  # old protocols: silence is success
+    assert b"exit code 3" in rc.final_status(rc.Ended(3), ["x"], rc.V2)
 
 
 def test_resize_messages_in_any_shape():
     decoder = rc.ResizeDecoder()
-    assert decoder.feed(b'{"Width":120,"Height":40}\n{"wid') == [WindowSize(40, 120)]
-    assert decoder.feed(b'th":80,"height":24}{"Width":0,"Height":1}') == [WindowSize(24, 80)]
+    assert decoder.feed(b'{"Width":120,"Height":40}\n{"wid') == [rc.Size(40, 120)]
+    assert decoder.feed(b'th":80,"height":24}{"Width":0,"Height":1}') == [rc.Size(24, 80)]
     with pytest.raises(ValueError, match="too long"):
         decoder.feed(b"{" + b" " * 5000 + b"[" * 5000)
     with pytest.raises(ValueError, match="nested too deeply"):
@@ -102,10 +101,10 @@ def test_fuzz_resize_decoding_fails_only_with_value_error(chunks):
 @pytest.mark.parametrize(
     "status, protocol",
     [
-        (ExitStatus(0), rc.V5),
-        (ExitStatus(3), rc.V5),
-        (ExitStatus(3), rc.PROCESS),
-        (ExitStatus(signal="TERM"), rc.PROCESS),
+        (rc.Ended(0), rc.V5),
+        (rc.Ended(3), rc.V5),
+        (rc.Ended(3), rc.PROCESS),
+        (rc.Ended(signal="TERM"), rc.PROCESS),
     ],
 )
 def test_exit_status_reads_back_what_final_status_wrote(status, protocol):
@@ -114,7 +113,7 @@ def test_exit_status_reads_back_what_final_status_wrote(status, protocol):
 
 def test_a_signal_travels_only_between_gateway_and_node():
     # kubectl sees 128 + n, as from a kubelet; a gateway learns the signal itself.
-    assert rc.exit_status(rc.final_status(ExitStatus(signal="KILL"), ["x"], rc.V5)) == ExitStatus(137)
+    assert rc.exit_status(rc.final_status(rc.Ended(signal="KILL"), ["x"], rc.V5)) == rc.Ended(137)
 
 
 @pytest.mark.parametrize(
@@ -173,7 +172,7 @@ def _held_endpoint(seconds: float):
     from twisted.internet.testing import StringTransport
     from wsproto.connection import Connection, ConnectionType
 
-    from podshell.gateway.api.websocket import WebSocketEndpoint
+    from podshell.kube.websocket import WebSocketEndpoint
 
     clock = Clock()
     endpoint = WebSocketEndpoint(Connection(ConnectionType.SERVER), _App(), clock)
@@ -206,7 +205,7 @@ def test_a_held_endpoint_sends_its_messages_and_close_in_order_after_the_hold():
 
 
 def test_a_hold_lets_go_early_rather_than_pile_up_output():
-    from podshell.gateway.api.websocket import HOLD_LIMIT
+    from podshell.kube.websocket import HOLD_LIMIT
 
     endpoint, transport, _ = _held_endpoint(10)
     endpoint.send(b"\x01" + b"x" * HOLD_LIMIT)
@@ -228,7 +227,7 @@ def test_a_hold_lets_go_early_rather_than_pile_up_output():
     ],
 )
 def test_only_clients_that_read_before_their_streams_are_held(agent, held):
-    from podshell.gateway.api.server import _reads_before_its_streams
+    from podshell.kube.resources import _reads_before_its_streams
 
     assert _reads_before_its_streams(agent) is held
 
@@ -254,7 +253,7 @@ def _open_endpoint():
     from twisted.internet.testing import StringTransport
     from wsproto.connection import Connection, ConnectionType
 
-    from podshell.gateway.api.websocket import WebSocketEndpoint
+    from podshell.kube.websocket import WebSocketEndpoint
 
     class TCP(StringTransport):
         def unregisterProducer(self):  # as a TCP or TLS transport: harmless without one
@@ -334,7 +333,7 @@ def test_broken_frames_close_with_a_protocol_error_code(wire):
 
 
 def test_messages_up_to_a_kubelets_limit_arrive_and_larger_ones_close_with_1009():
-    from podshell.gateway.api.websocket import MAX_MESSAGE
+    from podshell.kube.websocket import MAX_MESSAGE
 
     endpoint, transport, app = _open_endpoint()
     whole = bytes(MAX_MESSAGE)

@@ -100,7 +100,7 @@ def test_cluster_ca_init_issue_and_show(tmp_path):
 
     from cryptography import x509
 
-    from podshell import pki
+    from podshell.pki import cluster_ca as pki
 
     pki_dir = tmp_path / "pki"
     assert run("ca", "init", "--dir", str(pki_dir)).returncode == 0
@@ -179,7 +179,7 @@ def _parsers():
     """Every command and subcommand's parser, with its words (aliases once)."""
     import argparse
 
-    from podshell.cli.main import parser
+    from podshell.command import parser
 
     todo, seen = [((), parser())], set()
     while todo:

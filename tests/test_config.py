@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from podshell import defaults
-from podshell.tap import check, load
-from podshell.yamlfile import ConfigError
+from podshell.core.yamlfile import ConfigError
+from podshell.server import defaults
+from podshell.server.tap import check, load
 
 CONF = Path(__file__).parent.parent / "conf"
 PODSHELL = str(Path(sys.executable).parent / "podshell")
@@ -186,7 +186,7 @@ def test_bad_configuration_is_one_clear_line(write, config, pods, message):
 
 def test_the_embedded_token_is_kept_private_and_reads_as_a_value(tmp_path):
     """A token that began with "-" would read as an option in `podshell login --token T`."""
-    from podshell.defaults import own_token
+    from podshell.server.defaults import own_token
 
     state = tmp_path / "state"
     tokens = {own_token(state)} | {own_token(tmp_path / f"s{i}") for i in range(20)}
@@ -196,8 +196,8 @@ def test_the_embedded_token_is_kept_private_and_reads_as_a_value(tmp_path):
 
 
 def test_the_server_keeps_bulk_buffers_on_the_heap():
-    """glibc here: both thresholds are accepted (see podshell.heap for why they matter)."""
-    from podshell.heap import keep_buffers_on_the_heap
+    """glibc here: both thresholds are accepted (see podshell.server.heap for why they matter)."""
+    from podshell.server.heap import keep_buffers_on_the_heap
 
     assert keep_buffers_on_the_heap() is True
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podshell.addresses import join
+from podshell.core.addresses import join
 
 from .conftest import PYTHON, needs_root, pod
 from .podserver import SINK_PORT

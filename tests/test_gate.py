@@ -8,11 +8,10 @@ import pytest
 import pytest_twisted
 
 from podshell.auth.audit import AuditLog
+from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Identity
-from podshell.auth.policy import Policy
-from podshell.cluster import Cluster
-from podshell.config import Rule
-from podshell.gateway.access import Denied, Gate
+from podshell.auth.policy import Policy, Rule
+from podshell.gateway.routing import Cluster
 from podshell.node.inprocess import LocalNode
 
 from .conftest import needs_root, pod, wait_for

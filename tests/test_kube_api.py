@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from podshell import kubeconfig
+from podshell.core import kubeconfig
+from podshell.pki.state_ca import StateCA, issue
 from podshell.protocols import spdy
 from podshell.protocols.spdy import SpdyConnection
-from podshell.tls import StateCA, issue
 
 from .conftest import PYTHON, needs_root, pod
 from .podserver import SINK_PORT, SOURCE_PORT, download, pattern

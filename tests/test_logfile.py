@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from podshell.core.logs import Options, parse_timestamp
 from podshell.node import logfile
-from podshell.node.logfile import MAX_LINE, LogFile, Options, Reader, decode, encode, instance_files, timestamp
+from podshell.node.logfile import MAX_LINE, LogFile, Reader, decode, encode, instance_files, timestamp
 
 T0 = 1475713029_669794202  # 2016-10-06T00:17:09.669794202Z, the CRI documentation's example
 
@@ -27,9 +28,9 @@ def test_timestamps_are_rfc3339_nano_as_go_writes_them():
     assert timestamp(1475713029_500000000) == b"2016-10-06T00:17:09.5Z"
     assert timestamp(1475713029_000000000) == b"2016-10-06T00:17:09Z"
     for text in (b"2016-10-06T00:17:09.669794202Z", b"2016-10-06T02:17:09.669794202+02:00"):
-        assert logfile.parse_timestamp(text) == T0
+        assert parse_timestamp(text) == T0
     with pytest.raises(ValueError):
-        logfile.parse_timestamp(b"yesterday")
+        parse_timestamp(b"yesterday")
 
 
 def test_entries_are_cri_lines_with_partial_ones():
@@ -149,8 +150,8 @@ def test_writing_50_mib_fast_is_quick_and_bounded(tmp_path):
 
 
 def test_pods_log_queries_as_the_api_server_reads_them():
-    from podshell.gateway.api.logs import LogRequest, container_of
-    from podshell.node.runtime.base import LogsUnavailable
+    from podshell.core.target import LogsUnavailable
+    from podshell.kube.logs import LogRequest, container_of
 
     q = LogRequest.fromQuery(
         {"container": ["app"], "follow": ["True"], "tailLines": ["10"], "sinceSeconds": ["60"],

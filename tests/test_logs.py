@@ -17,12 +17,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from podshell import kubeconfig
-from podshell.config import Backoff
+from podshell.core import kubeconfig
+from podshell.core.logs import Options
 from podshell.node import logfile
-from podshell.node.logfile import Options
 from podshell.node.runtime.local import LocalRuntime
-from podshell.node.runtime.manifest import load_pods
+from podshell.node.runtime.manifest import Backoff, load_pods
 
 from .conftest import PYTHON, needs_root, pod, pod_yaml, wait_for
 from .sshserver import PodshellServer, free_port

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from OpenSSL import SSL
 
-from podshell import pki
-from podshell.mtls import ClusterIdentity, NodeClientTLS, NodeServerTLS
-from podshell.yamlfile import ConfigError
+from podshell.core.yamlfile import ConfigError
+from podshell.pki import cluster_ca as pki
+from podshell.pki.mutual import ClusterIdentity, NodeClientTLS, NodeServerTLS
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podshell import kubeconfig
+from podshell.core import kubeconfig
 
 from .conftest import PYTHON, needs_root, pod
 from .hosts import Hosts

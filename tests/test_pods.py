@@ -11,10 +11,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
-from podshell.config import Backoff
-from podshell.node.netns import PortRefused
+from podshell.core.addresses import PortRefused
+from podshell.core.process import ExitStatus, WindowSize
 from podshell.node.runtime.base import ContainerNotRunning, NoSuchContainer, NoSuchPod
-from podshell.node.spawner import ExitStatus, WindowSize
+from podshell.node.runtime.manifest import Backoff
 
 from .conftest import PYTHON, Collect, needs_root, pod, sleep, wait_for
 

@@ -7,8 +7,7 @@ import itertools
 import pytest
 
 from podshell.auth.identity import Identity
-from podshell.auth.policy import Policy
-from podshell.config import Rule
+from podshell.auth.policy import Policy, Rule
 
 ALICE = Identity("alice", frozenset({"dev"}))
 BOB = Identity("bob")

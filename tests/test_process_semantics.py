@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from podshell import kubeconfig
+from podshell.core import kubeconfig
 
 from .conftest import PYTHON, needs_root, pod
 from .sshserver import Client, PodshellServer, free_port, keygen

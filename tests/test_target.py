@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podshell.target import InvalidTarget, Target, TargetError, candidates, resolve
+from podshell.core.target import InvalidTarget, Target, TargetError, candidates, resolve
 
 PODS = {
     ("team-a", "web-0"): ["app", "sidecar"],

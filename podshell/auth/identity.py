@@ -10,13 +10,32 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from pydantic import Field, field_validator
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 from twisted.logger import Logger
 
-from podshell.config import Config, resolve_path
-from podshell.yamlfile import ConfigError
+from podshell.core.yamlfile import ConfigError, StrictModel, resolve_path
 
 log = Logger()
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+
+
+class User(StrictModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    groups: list[str] = []
+    ssh_keys: list[str] = []
+    authorized_keys_file: str | None = None
+    tokens: list[str] = []
+
+    @field_validator("tokens")
+    @classmethod
+    def _strong(cls, v: list[str]) -> list[str]:
+        for token in v:
+            if len(token) < 16 or any(c.isspace() for c in token):
+                raise ValueError("tokens must be at least 16 characters without spaces")
+        return v
 
 
 @dataclass(frozen=True)
@@ -185,9 +204,9 @@ class Directory:
         return self._by_token.get(_token_digest(token))
 
     @classmethod
-    def fromConfig(cls, config: Config, base: Path) -> Directory:
+    def fromConfig(cls, users: list[User], base: Path) -> Directory:
         directory = cls()
-        for i, user in enumerate(config.users):
+        for i, user in enumerate(users):
             keys = []
             for j, line in enumerate(user.ssh_keys):
                 try:

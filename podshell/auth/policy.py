@@ -6,14 +6,60 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from podshell.auth.identity import Identity
-from podshell.config import Rule
+from podshell.core.yamlfile import StrictModel
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Verbs are matched as written; a denial says some in words ("logs" is
 # pods/log, which Kubernetes authorizes as "get": reading, not a session).
 _PHRASES = {"logs": "read logs"}
+
+
+VERBS = ("exec", "attach", "port-forward", "logs")
+
+
+class Rule(StrictModel):
+    """One policy entry; the policy is deny-by-default and a matching
+    C{effect: deny} rule wins over any allow."""
+
+    subjects: list[str] = Field(min_length=1)
+    verbs: list[str] = Field(min_length=1)
+    namespaces: list[str] = Field(min_length=1)
+    pods: list[str] = ["*"]
+    containers: list[str] = ["*"]
+    effect: Literal["allow", "deny"] = "allow"
+    sources: list[str] | None = None
+
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: list[str]) -> list[str]:
+        for s in v:
+            kind, _, name = s.partition(":")
+            if s != "*" and (kind not in ("user", "group") or not name):
+                raise ValueError(f"subject {s!r} must be user:NAME, group:NAME or *")
+        return v
+
+    @field_validator("verbs")
+    @classmethod
+    def _verbs(cls, v: list[str]) -> list[str]:
+        for verb in v:
+            if verb != "*" and verb not in VERBS:
+                raise ValueError(f"unknown verb {verb!r} (verbs: {', '.join(VERBS)}, *)")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str] | None) -> list[str] | None:
+        for net in v or ():
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"source {net!r} is not an IP network like 127.0.0.0/8") from None
+        return v
 
 
 @dataclass(frozen=True)

@@ -9,63 +9,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from podshell import __version__
 from podshell.cli.profile import CLIError
-
-
-def _config_check(args: argparse.Namespace) -> int:
-    from podshell.tap import check
-    from podshell.yamlfile import ConfigError
-
-    try:
-        print(check(args.config))
-    except ConfigError as e:
-        raise CLIError(str(e)) from None
-    return 0
-
-
-def _ca_init(args: argparse.Namespace) -> int:
-    from podshell import pki
-
-    try:
-        cert = pki.init(Path(args.dir), args.name, args.days)
-    except (pki.PKIError, OSError) as e:
-        raise CLIError(str(e)) from None
-    print(f"Created the cluster CA: {cert} (key {cert.with_suffix('.key')}, readable by you only).")
-    return 0
-
-
-def _ca_issue(args: argparse.Namespace) -> int:
-    from podshell import pki
-
-    try:
-        cert, key = pki.issue_for(Path(args.dir), args.name, args.role, args.san or [], args.days)
-    except (pki.PKIError, OSError) as e:
-        raise CLIError(str(e)) from None
-    print(f"Issued {args.role} certificate {cert} (key {key}, readable by you only).")
-    return 0
-
-
-def _ca_show(args: argparse.Namespace) -> int:
-    from cryptography import x509
-
-    from podshell import pki
-
-    try:
-        cert = x509.load_pem_x509_certificate(Path(args.certificate).read_bytes())
-    except (OSError, ValueError) as e:
-        raise CLIError(f"cannot read a PEM certificate from {args.certificate}: {e}") from None
-    who = pki.describe(cert)
-    uses = [u for u, on in (("client", who.client), ("server", who.server)) if on]
-    print(f"name:     {who.name}")
-    print(f"role:     {who.role or 'none (not a gateway or node certificate)'}")
-    print(f"names:    {', '.join(who.names) or '-'}")
-    print(f"usage:    {', '.join(uses) or '-'}")
-    print(f"issuer:   {cert.issuer.rfc4514_string()}")
-    print(f"expires:  {who.not_after:%Y-%m-%d %H:%M} UTC")
-    return 0
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
@@ -151,8 +100,8 @@ def _login(args: argparse.Namespace) -> int:
 
 
 def _kubeconfig(args: argparse.Namespace) -> int:
-    from podshell import kubeconfig
     from podshell.cli.profile import resolve
+    from podshell.core import kubeconfig
 
     profile = resolve(args)
     ca = profile.ca_pem.encode() if profile.ca_pem else None
@@ -191,69 +140,17 @@ def _stream_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("-t", "--tty", action="store_true", help="with a terminal: yours, in raw mode")
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The command line; C{server_commands} adds the server tools' commands
+    (L{podshell.command}: they are not the client's)."""
     top = argparse.ArgumentParser(
         prog="podshell",
         description="Shells, commands and port forwards inside containers. The server is `twistd -n podshell`.",
     )
     top.add_argument("--version", action="version", version=f"podshell {__version__}")
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    config = commands.add_parser(
-        "config", help="work with server configuration files",
-        description="Work with server configuration files.",
-        epilog="examples:\n  podshell config check conf/podshell.yaml\n  podshell config check",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-    check = config_commands.add_parser(
-        "check",
-        help="validate a configuration (and the pod manifests it names), or a file of Pod manifests",
-        description="Validate a server configuration without starting anything.",
-        epilog="examples:\n  podshell config check conf/podshell.yaml\n"
-        "  podshell config check conf/pods.yaml   # Pod manifests alone\n"
-        "  podshell config check      # the embedded default configuration",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check.add_argument("config", nargs="?", default=None, help="the file (default: the embedded default)")
-    check.set_defaults(run=_config_check)
-
-    ca = commands.add_parser(
-        "ca", help="the cluster CA for gateways and node agents",
-        description="The cluster CA: gateways and node agents prove who they are to each other with its certificates.",
-        epilog="examples:\n  podshell ca init --dir pki\n  podshell ca issue --dir pki --name gw-1 --role gateway\n"
-        "  podshell ca show pki/gw-1.crt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
-    ca_init = ca_commands.add_parser(
-        "init", help="create the CA (EC P-256; the key is written 0600)",
-        epilog="examples:\n  podshell ca init --dir pki\n  podshell ca init --dir pki --name 'acme CA' --days 1825",
-        description="Create the cluster CA in a directory.", formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    ca_init.add_argument("--dir", required=True, help="where ca.crt and ca.key go")
-    ca_init.add_argument("--name", default="podshell cluster CA", help="the CA's common name")
-    ca_init.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
-    ca_init.set_defaults(run=_ca_init)
-    ca_issue = ca_commands.add_parser(
-        "issue", help="issue a gateway's or node agent's certificate",
-        description="Issue NAME.crt and NAME.key (0600) signed by the CA in --dir.",
-        epilog="examples:\n  podshell ca issue --dir pki --name gw-1 --role gateway\n"
-        "  podshell ca issue --dir pki --name node-1 --role node --san 10.0.0.2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    ca_issue.add_argument("--dir", required=True, help="the CA's directory; the new files go there too")
-    ca_issue.add_argument("--name", required=True, help="the gateway's or node's name (a node's is also a DNS name)")
-    ca_issue.add_argument("--role", required=True, choices=["gateway", "node"], help="what it may do")
-    ca_issue.add_argument("--san", action="append", metavar="DNS|IP", help="another name or address it serves as")
-    ca_issue.add_argument("--days", type=int, default=825, help="validity (default: 825)")
-    ca_issue.set_defaults(run=_ca_issue)
-    ca_show = ca_commands.add_parser(
-        "show", help="say what a certificate is", description="Show a certificate's name, role, names and expiry.",
-        epilog="examples:\n  podshell ca show pki/node-1.crt\n  podshell ca show pki/ca.crt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    ca_show.add_argument("certificate", help="a PEM certificate file")
-    ca_show.set_defaults(run=_ca_show)
+    if server_commands is not None:
+        server_commands(commands)
 
     pod_commands = [
         (
@@ -344,15 +241,15 @@ def _hold_standard_descriptors() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, server_commands: Callable[[Any], None] | None = None) -> int:
     _hold_standard_descriptors()
     argv = sys.argv[1:] if argv is None else argv
     # Everything after "--" is the command (flags may come after POD, as with kubectl).
     split = argv.index("--") if "--" in argv else len(argv)
-    args = parser().parse_args(argv[:split])
+    args = parser(server_commands).parse_args(argv[:split])
     args.command = argv[split + 1 :]
     if args.command and args.run is not _exec:
-        parser().error("only exec takes a command after --")
+        parser(server_commands).error("only exec takes a command after --")
     try:
         return int(args.run(args))
     except CLIError as e:

@@ -110,7 +110,7 @@ def _load(path: Path) -> dict:
     except OSError as e:
         raise CLIError(f"cannot read {path}: {e.strerror}; run podshell login again") from None
     except ValueError:
-        from podshell.yamlfile import ConfigError, load_document
+        from podshell.core.yamlfile import ConfigError, load_document
 
         try:
             saved = load_document(path)

@@ -22,14 +22,14 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 from zope.interface import implementer
 
-from podshell.addresses import set_keepalive, set_no_delay
-from podshell.cluster import Sink
-from podshell.flow import Pausable
-from podshell.gateway.api.websocket import MessageApp, WebSocketEndpoint
-from podshell.node.process import ExitStatus, WindowSize, signal_name, signal_number
+from podshell.core.addresses import set_keepalive, set_no_delay
+from podshell.core.contracts import Sink
+from podshell.core.flow import Pausable
+from podshell.core.process import ExitStatus, WindowSize, signal_name, signal_number
+from podshell.core.target import TargetError
+from podshell.kube.websocket import MessageApp, WebSocketEndpoint
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
-from podshell.target import TargetError
 
 LOST = 255  # the exit status of a command whose node went away, as ssh reports a lost connection
 MAX_REJECTION = 64 * 1024
@@ -152,7 +152,7 @@ class RemoteProcess:
             self.sink.errReceived(data)
         elif channel == rc.ERROR and data:
             try:
-                self._final = rc.exit_status(data)
+                self._final = ExitStatus(*rc.exit_status(data))
             except rc.RemoteFailure as e:
                 self._failure = str(e)
             self._end()  # the node closes the stream next

@@ -23,15 +23,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 
-from podshell.addresses import ip_of, set_keepalive, set_no_delay
-from podshell.cluster import Grant, Placement, Process, Sink, Upgrade, placement_in
-from podshell.config import NodeAddress
-from podshell.gateway.api import objects
+from podshell.core.addresses import ip_of, join, set_keepalive, set_no_delay
+from podshell.core.contracts import DEFAULT_CONTAINER, Grant, Placement, Process, Sink, Upgrade
+from podshell.core.logs import LogSource, Options
+from podshell.core.process import WindowSize
+from podshell.core.target import ContainerNotRunning, LogsUnavailable, NoSuchContainer, NoSuchPod
 from podshell.gateway.node_streams import NodeApp, NodeError, NodeWebSocket, RemotePort, RemoteProcess
-from podshell.mtls import ClusterIdentity, NodeClientTLS
-from podshell.node.process import WindowSize
+from podshell.kube import objects
+from podshell.pki.mutual import ClusterIdentity, NodeClientTLS
 from podshell.protocols import remotecommand as rc
-from podshell.target import NoSuchPod
 
 log = Logger()
 CONNECT_TIMEOUT = 5.0
@@ -40,12 +40,12 @@ CONNECT_TIMEOUT = 5.0
 class RemoteNode:
     """One node agent: its pods (L{refresh} keeps them current) and streams to it."""
 
-    def __init__(self, reactor, node: NodeAddress, identity: ClusterIdentity, refresh: float) -> None:
+    def __init__(self, reactor, name: str, host: str, port: int, identity: ClusterIdentity, refresh: float) -> None:
         self.reactor = reactor
-        self.name = node.name
-        self.host, self.port = node.host, node.port
-        self.address = node.address
-        self.tls = NodeClientTLS(identity, node.name, node.host)
+        self.name = name
+        self.host, self.port = host, port
+        self.address = join(host, port)
+        self.tls = NodeClientTLS(identity, name, host)
         self.refresh_every = refresh
         self.problem: str | None = "not contacted yet"
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -166,6 +166,10 @@ class RemoteNode:
 
         return switch
 
+    def logs(self, grant: Grant, previous: bool, options: Options) -> LogSource:
+        """Never called: L{upgrade} splices pods/log to the node agent, which reads its files."""
+        raise LogsUnavailable(f"the logs of {grant.handle.path} are read on node {self.name}")
+
 
 class _Once(Factory):
     """The factory of one outgoing connection, quiet in the log."""
@@ -267,3 +271,26 @@ class _SpliceNode(Protocol):
         if client is not None and not self.client.gone:
             client.unregisterProducer()  # type: ignore[attr-defined]
             client.loseConnection()
+
+
+def placement_in(pod: dict[str, Any], container: str | None, node: str) -> Placement:
+    """Where C{container} (None: the default) of a v1 Pod object is, if it runs.
+
+    @raise TargetError: no such container, or not running.
+    """
+    meta, spec = pod["metadata"], pod["spec"]
+    namespace, name = meta["namespace"], meta["name"]
+    names: list[str] = [str(c["name"]) for c in spec["containers"]]
+    default = (meta.get("annotations") or {}).get(DEFAULT_CONTAINER)
+    wanted: str = container or (default if default in names else names[0])
+    if wanted not in names:
+        raise NoSuchContainer(namespace, name, wanted, names)
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == wanted:
+            state = status.get("state") or {}
+            if "running" in state:
+                return Placement(namespace, name, wanted, node)
+            detail: dict[str, Any] = next(iter(state.values()), {}) if state else {}
+            reason = str(detail.get("reason") or next(iter(state), "unknown"))
+            raise ContainerNotRunning(namespace, name, wanted, reason)
+    raise ContainerNotRunning(namespace, name, wanted, "no status yet")

@@ -2,7 +2,7 @@
 streams only for the people they vouch for.
 
 The TLS handshake already refused anyone without a gateway certificate from
-the cluster CA (L{podshell.mtls}); here each request must say on whose
+the cluster CA (L{podshell.pki.mutual}); here each request must say on whose
 behalf it comes (C{Impersonate-User}, as C{kubectl --as} says it to an API
 server), and the gateway's decision is trusted: it holds the policy.
 """
@@ -16,8 +16,8 @@ from twisted.internet.interfaces import ITransport
 
 from podshell.auth.identity import Identity, OnBehalf
 from podshell.auth.policy import Decision
-from podshell.gateway.api.front import Authenticate, HTTPError
-from podshell.pki import describe
+from podshell.kube.front import Authenticate, HTTPError
+from podshell.pki.cluster_ca import describe
 
 _STREAM = re.compile(rb"^/api/v1/namespaces/[^/]+/pods/[^/]+/(exec|attach|portforward|log)(\?|$)")
 GATEWAYS = "podshell:gateways"

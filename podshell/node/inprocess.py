@@ -9,13 +9,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
-from podshell.cluster import Grant, Placement, Process, Sink, Upgrade
-from podshell.gateway.api.objects import pod_json
-from podshell.node.process import WindowSize
+from podshell.core.contracts import Grant, Placement, Process, Sink, Upgrade
+from podshell.core.logs import LogSource, Options
+from podshell.core.process import WindowSize
+from podshell.core.target import TargetError
+from podshell.kube.objects import pod_json
 from podshell.node.runtime.base import ContainerHandle
 from podshell.node.runtime.local import LocalRuntime
 from podshell.node.spawner import Spawner
-from podshell.target import TargetError
 
 
 class LocalNode:
@@ -27,7 +28,7 @@ class LocalNode:
         self.spawner = spawner
 
     def pods(self) -> list[dict[str, Any]]:
-        return [pod_json(p, self.name) for p in self.runtime.pods()]
+        return [pod_json(p.status(), self.name) for p in self.runtime.pods()]
 
     def container_names(self, namespace: str, pod: str) -> list[str] | None:
         return self.runtime.container_names(namespace, pod)
@@ -64,6 +65,10 @@ class LocalNode:
 
     def upgrade(self, grant: Grant, target: str, headers: list[tuple[str, str]]) -> Upgrade | None:
         return None  # served in this process
+
+    def logs(self, grant: Grant, previous: bool, options: Options) -> LogSource:
+        where = grant.handle
+        return self.runtime.read_log(where.namespace, where.pod, where.container, previous, options)
 
     def listen(self, grant: Grant, port: int, factory: IProtocolFactory, host: str) -> Deferred[IListeningPort]:
         try:

@@ -24,13 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from podshell.core.logs import Options, parse_timestamp
+
 MAX_SIZE = 10 * 1024 * 1024  # the kubelet's containerLogMaxSize
 MAX_FILES = 5  # the kubelet's containerLogMaxFiles (the file being written included)
 MAX_LINE = 16 * 1024  # containerd's max_container_log_line_size
 READ_SIZE = 64 * 1024
 _BLOCK = 64 * 1024
 _ROTATED = re.compile(r"^(\d+)\.log\.(\d+)$")
-_TIME = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 STREAMS = ("stdout", "stderr")
 
 
@@ -40,16 +41,6 @@ def timestamp(ns: int) -> bytes:
     text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{fraction:09d}".rstrip("0")
     return f"{text}{'.' + digits if digits else ''}Z".encode()
-
-
-def parse_timestamp(text: bytes) -> int:
-    """Nanoseconds since the epoch. @raise ValueError: not RFC 3339."""
-    m = _TIME.match(text)
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    zone = m[3].decode().replace("Z", "+00:00")
-    seconds = datetime.fromisoformat(m[1].decode() + zone).timestamp()
-    return int(seconds) * 1_000_000_000 + int((m[2] or b"0").ljust(9, b"0"))
 
 
 def encode(ns: int, stream: str, data: bytes) -> bytes:
@@ -176,16 +167,6 @@ class LogFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-@dataclass(frozen=True)
-class Options:
-    """What pods/log asks for (C{PodLogOptions})."""
-
-    timestamps: bool = False
-    tail: int | None = None  # the last lines only
-    since: int | None = None  # entries at or after this time (ns) only
-    limit: int | None = None  # at most this many bytes of output
 
 
 class Formatter:

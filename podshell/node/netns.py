@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from podshell.addresses import pod_loopback
+from podshell.core.addresses import PortRefused, pod_loopback
 from podshell.node.nsexec import CLONE_NEWNET, enter, setns
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning
 
@@ -30,13 +30,9 @@ CONNECT_TIMEOUT = 5.0
 
 # Bytes read from a pod's port at a time: fewer trips through framing and TLS
 # per byte than Twisted's 64 KiB (a fifth more port-forward throughput, measured;
-# see podshell.heap for what it takes from the allocator).  Twisted also lets
+# see podshell.server.heap for what it takes from the allocator).  Twisted also lets
 # this much wait towards the pod before it pauses whoever writes there.
 READ_SIZE = 256 * 1024
-
-
-class PortRefused(ConnectionRefusedError):
-    """Nothing listens on the port inside the pod."""
 
 
 def loopback_addresses(host: str, wildcard: bool = False) -> list[tuple[int, tuple]]:

@@ -37,9 +37,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from podshell.core.process import ExitStatus, WindowSize, signal_number
 from podshell.node import nsexec
 from podshell.node.netns import NetnsSockets
-from podshell.node.process import ExitStatus, WindowSize, signal_number
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

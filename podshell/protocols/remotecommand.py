@@ -5,9 +5,24 @@ messages and the final status.  Pure functions, no I/O."""
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from podshell.node.process import ExitStatus, WindowSize, signal_number
+
+class Ended(NamedTuple):
+    """How a command ended, as the Status says it: an exit code, or a signal's name (C{"KILL"})."""
+
+    code: int | None = None
+    signal: str | None = None
+
+
+class Size(NamedTuple):
+    """A terminal size from a resize message."""
+
+    rows: int
+    cols: int
+
 
 V5, V4, V3, V2, V1 = (
     "v5.channel.k8s.io",
@@ -77,14 +92,15 @@ def has_status(protocol: str) -> bool:
     return protocol in (V5, V4, V4_B64, PROCESS)
 
 
-def exit_code(status: ExitStatus) -> int:
+def exit_code(status: Ended) -> int:
     """What Kubernetes reports: the code, or 128 + the signal's number."""
     if status.signal is not None:
-        return 128 + signal_number(status.signal)
+        name = status.signal.upper()
+        return 128 + signal.Signals[name if name.startswith("SIG") else "SIG" + name].value
     return status.code or 0
 
 
-def final_status(status: ExitStatus, command: list[str], protocol: str) -> bytes:
+def final_status(status: Ended, command: list[str], protocol: str) -> bytes:
     """The error-stream payload that ends an exec (empty: success on old protocols)."""
     code = exit_code(status)
     if not has_status(protocol):
@@ -103,7 +119,7 @@ def final_status(status: ExitStatus, command: list[str], protocol: str) -> bytes
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def exit_status(payload: bytes) -> ExitStatus:
+def exit_status(payload: bytes) -> Ended:
     """How a command ended, from the final Status on the error channel.
 
     @raise RemoteFailure: the Status says the command could not run.
@@ -115,14 +131,14 @@ def exit_status(payload: bytes) -> ExitStatus:
     if not isinstance(status, dict):
         raise RemoteFailure("the server sent a malformed status")
     if status.get("status") == "Success":
-        return ExitStatus(0)
+        return Ended(0)
     causes = (status.get("details") or {}).get("causes") or []
     found = {c.get("reason"): c.get("message") for c in causes if isinstance(c, dict)}
     if found.get("ExitSignal"):
-        return ExitStatus(signal=str(found["ExitSignal"]))
+        return Ended(signal=str(found["ExitSignal"]))
     code = found.get("ExitCode")
     if isinstance(code, str) and code.isdigit():
-        return ExitStatus(int(code))
+        return Ended(int(code))
     raise RemoteFailure(str(status.get("message") or "the command failed"))
 
 
@@ -150,9 +166,9 @@ class ResizeDecoder:
         self._buffer = ""
         self._decoder = json.JSONDecoder()
 
-    def feed(self, data: bytes) -> list[WindowSize]:
+    def feed(self, data: bytes) -> list[Size]:
         self._buffer += data.decode("utf-8", errors="replace")
-        sizes: list[WindowSize] = []
+        sizes: list[Size] = []
         while True:
             text = self._buffer.lstrip()
             if not text:
@@ -172,4 +188,4 @@ class ResizeDecoder:
                 keys = {str(k).lower(): v for k, v in value.items()}
                 width, height = keys.get("width"), keys.get("height")
                 if isinstance(width, int) and isinstance(height, int) and 0 < width < 65536 and 0 < height < 65536:
-                    sizes.append(WindowSize(height, width))
+                    sizes.append(Size(height, width))

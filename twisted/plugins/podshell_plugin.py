@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 podshell = ServiceMaker(
     "podshell",
-    "podshell.tap",
+    "podshell.server.tap",
     "podshell: shells, commands and port forwards inside containers",
     "podshell",
 )

@@ -17,15 +17,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from podshell.addresses import join, pod_loopback, port_of
+from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Identity
-from podshell.cluster import Cluster
-from podshell.gateway.access import Denied, Gate
+from podshell.core.addresses import PortRefused, join, pod_loopback, port_of
+from podshell.core.target import Target, TargetError
+from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.channels import StreamChannel, TCPPipe
 from podshell.gateway.ssh.connection import OpenFailed
 from podshell.gateway.ssh.session import SessionChannel
-from podshell.node.netns import PortRefused
-from podshell.target import Target, TargetError
 
 MSG_DEBUG = 4
 # What an ``ssh -R`` bind address means in the pod: besides its loopback, only

@@ -23,10 +23,10 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.addresses import host_port
-from podshell.auth.audit import AuditedSession
-from podshell.logs import conch_logger
-from podshell.transports import StreamTransport
+from podshell.core.addresses import host_port
+from podshell.core.contracts import Session
+from podshell.core.transports import StreamTransport
+from podshell.gateway.ssh.logs import conch_logger
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.connection import PodConnection
@@ -119,6 +119,8 @@ class TCPPipe(Protocol):
     """The TCP side of a forwarding channel."""
 
     channel: StreamChannel | None = None
+    _readDone = False
+    _writeDone = False
 
     @property
     def tcp(self) -> StreamTransport:
@@ -140,11 +142,21 @@ class TCPPipe(Protocol):
         self.channel.write(data)
 
     def readConnectionLost(self) -> None:
+        self._readDone = True
         if self.channel is not None:
             self.channel.sendEOFWhenDrained()
+        self._closeWhenBothDone()
 
     def writeConnectionLost(self) -> None:
         """The destination closed its reading side: nothing more to deliver."""
+        self._writeDone = True
+        self._closeWhenBothDone()
+
+    def _closeWhenBothDone(self) -> None:
+        """Twisted leaves a connection half-closed both ways open: closing it
+        is what ends the channel (CHANNEL_CLOSE after the EOF owed)."""
+        if self._readDone and self._writeDone:
+            self.tcp.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.channel is not None:
@@ -154,7 +166,7 @@ class TCPPipe(Protocol):
 class StreamChannel(PodChannel):
     """A channel joined to a TCP connection in a pod."""
 
-    def __init__(self, pipe: TCPPipe, audit: AuditedSession, **kw: Any) -> None:
+    def __init__(self, pipe: TCPPipe, audit: Session, **kw: Any) -> None:
         super().__init__(**kw)
         self.pipe = pipe
         self.audit = audit

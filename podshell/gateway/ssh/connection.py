@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from podshell.core.transports import StreamTransport
 from podshell.gateway.ssh.channels import PodChannel
-from podshell.logs import conch_logger
-from podshell.transports import StreamTransport
+from podshell.gateway.ssh.logs import conch_logger
 
 
 class OpenFailed(Exception):

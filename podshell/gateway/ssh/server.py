@@ -8,6 +8,7 @@ key was proven so that nobody learns about pods without a valid key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,17 +29,16 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from podshell import __version__
-from podshell.addresses import ack_now, host_port, set_no_delay
+from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Directory, Identity
-from podshell.cluster import Cluster
-from podshell.config import SSHConfig
-from podshell.gateway.access import Denied, Gate
+from podshell.core.addresses import ack_now, host_port, set_no_delay
+from podshell.core.transports import StreamTransport
+from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
 from podshell.gateway.ssh.connection import PodConnection
-from podshell.logs import conch_logger
-from podshell.transports import StreamTransport
+from podshell.gateway.ssh.logs import conch_logger
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
@@ -193,7 +193,12 @@ class PodSSHFactory(SSHFactory):
 
 
 def make_factory(
-    config: SSHConfig, state_dir: Path, directory: Directory, gate: Gate, cluster: Cluster
+    accept_env: Sequence[str],
+    ciphers: Sequence[str],
+    state_dir: Path,
+    directory: Directory,
+    gate: Gate,
+    cluster: Cluster,
 ) -> PodSSHFactory:
-    portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(config.accept_env)), [KeyChecker(directory)])
-    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in config.ciphers])
+    portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory)])
+    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in ciphers])

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 
-from podshell.auth.audit import AuditedSession
-from podshell.cluster import Process
-from podshell.gateway.access import Denied
+from podshell.auth.gate import Denied
+from podshell.core.contracts import Process, Session
+from podshell.core.process import ExitStatus, WindowSize
+from podshell.core.target import TargetError
 from podshell.gateway.ssh.channels import PodChannel
-from podshell.node.process import ExitStatus, WindowSize
-from podshell.target import TargetError
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
@@ -41,7 +40,7 @@ class SessionChannel(PodChannel):
         self.size = WindowSize(24, 80)
         self.env: dict[str, str] = {}
         self.process: Process | None = None
-        self.audit: AuditedSession | None = None
+        self.audit: Session | None = None
         self._eofBeforeStart = False
 
     @property

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from podshell.target import ContainerNotRunning, NoSuchContainer, NoSuchPod, TargetError
+from podshell.core.target import ContainerNotRunning, NoSuchContainer, NoSuchPod, TargetError
 
 __all__ = [
     "ContainerHandle",
     "ContainerNotRunning",
-    "LogsUnavailable",
     "NoSuchContainer",
     "NoSuchPod",
     "ProcessRef",
     "TargetError",
 ]
-
-
-class LogsUnavailable(TargetError):
-    """A container's logs cannot be read as asked; the message is the
-    kube-apiserver's own (kubectl users know it, scripts match on it)."""
 
 
 @dataclass(frozen=True)

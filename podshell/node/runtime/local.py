@@ -25,7 +25,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,20 +33,22 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from podshell.config import Backoff
+from podshell.core.logs import Options
+from podshell.core.pods import ContainerState, ContainerStatus, Phase, PodStatus
+from podshell.core.process import ExitStatus, WindowSize, signal_number
+from podshell.core.target import LogsUnavailable
 from podshell.node import logfile
-from podshell.node.logfile import LogFile, Options, Reader
+from podshell.node.logfile import LogFile, Reader
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import (
     ContainerHandle,
     ContainerNotRunning,
-    LogsUnavailable,
     NoSuchContainer,
     NoSuchPod,
     ProcessRef,
 )
-from podshell.node.runtime.manifest import Container, Pod
-from podshell.node.spawner import ExitStatus, ProcessSession, ProcessSink, Spawner, WindowSize, signal_number
+from podshell.node.runtime.manifest import Backoff, Container, Pod
+from podshell.node.spawner import ProcessSession, ProcessSink, Spawner
 
 log = Logger()
 INIT_POLL = 0.002  # seconds between looks for a container's PID 1
@@ -94,20 +95,6 @@ class LogTail:
         return lines[-1].decode(errors="replace")[-1024:]
 
 
-@dataclass(frozen=True)
-class State:
-    """A container state as Kubernetes reports it: waiting, running or terminated."""
-
-    kind: str
-    reason: str | None = None
-    message: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    instance: int | None = None  # which run of the container (its restart count then): its log files
-
-
 class LocalContainer:
     """One supervised container process."""
 
@@ -115,8 +102,8 @@ class LocalContainer:
         self.pod = pod
         self.spec = spec
         self.name = spec.name
-        self.state = State("waiting", reason="ContainerCreating")
-        self.last_state: State | None = None
+        self.state = ContainerState("waiting", reason="ContainerCreating")
+        self.last_state: ContainerState | None = None
         self.restart_count = 0
         self.session: ProcessSession | None = None
         self.init: ProcessRef | None = None
@@ -129,6 +116,10 @@ class LocalContainer:
         self._pausing: set[Attachment] = set()
         self._delay = 0.0
         self._pending = None  # a scheduled restart or init poll
+
+    def status(self) -> ContainerStatus:
+        pid = self.init.pid if self.init is not None else None
+        return ContainerStatus(self.name, self.spec.image or "", self.state, self.last_state, self.restart_count, pid)
 
     @property
     def env(self) -> tuple[tuple[str, str], ...]:
@@ -156,10 +147,9 @@ class LocalContainer:
     def _find_init(self, session: ProcessSession, since: float) -> None:
         """The container's PID 1 is the helper's only child; exec joins its
         namespaces.  It appears a few milliseconds after the spawn."""
-        if session is not self.session or session.status is not None:
-            return
         helper = session.process.pid
-        assert helper is not None
+        if session is not self.session or session.status is not None or helper is None:
+            return  # ended, or reaped with its output still draining: processEnded follows
         try:
             with open(f"/proc/{helper}/task/{helper}/children") as f:
                 children = f.read().split()
@@ -174,7 +164,7 @@ class LocalContainer:
             return
         self._pending = None
         self.init = ref
-        self.state = State("running", started_at=now(), instance=self.restart_count)
+        self.state = ContainerState("running", started_at=now(), instance=self.restart_count)
         log.info("container {path} started, pid {pid}", path=self.path, pid=ref.pid)
 
     @property
@@ -291,7 +281,7 @@ class LocalContainer:
         code = status.code if status.code is not None else 128 + signal_number(status.signal or "KILL")
         failed = code != 0
         self.last_state = self.state if self.state.kind == "running" else self.last_state
-        self.state = State(
+        self.state = ContainerState(
             "terminated",
             reason="Error" if failed else "Completed",
             message=self.logs.last_line() if failed else None,
@@ -322,7 +312,7 @@ class LocalContainer:
         self._delay = min(backoff.max, self._delay * 2 if self._delay else backoff.initial)
         self.last_state, self.state = (
             self.state,
-            State(
+            ContainerState(
                 "waiting",
                 reason="CrashLoopBackOff",
                 message=f"back-off {self._delay:g}s restarting failed container={self.name} pod={self.pod.name}",
@@ -513,8 +503,13 @@ class LocalPod:
         else:
             self.stop()
 
+    def status(self) -> PodStatus:
+        manifest = self.manifest.model_dump(mode="json", exclude_none=True, by_alias=True)
+        containers = tuple(c.status() for c in self.containers.values())
+        return PodStatus(manifest, self.uid, self.created, self.started, self.phase, self.failure, containers)
+
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         if self.failure is not None:
             return "Failed"
         states = [c.state for c in self.containers.values()]

@@ -12,10 +12,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from podshell.target import label_problem, subdomain_problem
-from podshell.yamlfile import ConfigError, load_documents, parse
+from podshell.core.target import label_problem, subdomain_problem
+from podshell.core.yamlfile import ConfigError, StrictModel, load_documents, parse
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+
+
+class Backoff(StrictModel):
+    """Restart back-off of crashed containers (Kubernetes: 10 s doubling to 5 min)."""
+
+    initial: float = Field(default=10.0, gt=0)
+    max: float = Field(default=300.0, gt=0)
+    reset_after: float = Field(default=600.0, gt=0)
 
 
 class _Lenient(BaseModel):

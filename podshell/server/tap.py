@@ -26,27 +26,29 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from podshell import defaults, kubeconfig
-from podshell.addresses import host_port
 from podshell.auth.audit import AuditLog
+from podshell.auth.gate import Gate
 from podshell.auth.identity import Directory
 from podshell.auth.policy import Policy
-from podshell.cluster import Cluster, Node
-from podshell.config import Config, holds_manifests, load_config, resolve_path
-from podshell.gateway.access import Gate
-from podshell.gateway.api.front import APIFactory, by_credentials
-from podshell.gateway.api.server import KubeAPI
+from podshell.core import kubeconfig
+from podshell.core.addresses import host_port
+from podshell.core.contracts import Node
+from podshell.core.yamlfile import ConfigError
 from podshell.gateway.nodes import RemoteNode
+from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.server import make_factory
-from podshell.heap import keep_buffers_on_the_heap
-from podshell.mtls import ClusterIdentity, NodeServerTLS
+from podshell.kube.front import APIFactory, by_credentials
+from podshell.kube.resources import KubeAPI
 from podshell.node.agent import TrustGateway, gateway_requests
 from podshell.node.inprocess import LocalNode
 from podshell.node.runtime.local import LocalRuntime, privilege_problem
 from podshell.node.runtime.manifest import Pod, load_pods
 from podshell.node.spawner import Spawner
-from podshell.tls import StateCA
-from podshell.yamlfile import ConfigError
+from podshell.pki.mutual import ClusterIdentity, NodeServerTLS
+from podshell.pki.state_ca import StateCA
+from podshell.server import defaults
+from podshell.server.config import Config, holds_manifests, load_config, resolve_path
+from podshell.server.heap import keep_buffers_on_the_heap
 
 log = Logger()
 
@@ -84,7 +86,7 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
             config = config.model_copy(update={"state_dir": str(Path(state_dir).absolute())})
     where = config_file or "embedded default"
     try:
-        directory = Directory.fromConfig(config, base)
+        directory = Directory.fromConfig(config.users, base)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     if config_file is None:
@@ -312,7 +314,7 @@ def makeService(options: Options) -> MultiService:
     if config.role == "gateway":
         assert loaded.identity is not None
         for address in config.nodes:
-            remote = RemoteNode(reactor, address, loaded.identity, config.refresh)
+            remote = RemoteNode(reactor, address.name, address.host, address.port, loaded.identity, config.refresh)
             TimerService(config.refresh, remote.refresh).setServiceParent(top)
             nodes.append(remote)
     cluster = Cluster(nodes)
@@ -386,7 +388,7 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> 
     config = loaded.config
     doors = MultiService()
     gate = Gate(cluster, loaded.policy, audit)
-    ssh = make_factory(config.ssh, loaded.state_dir, loaded.directory, gate, cluster)
+    ssh = make_factory(config.ssh.accept_env, config.ssh.ciphers, loaded.state_dir, loaded.directory, gate, cluster)
     Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster)).setServiceParent(doors)
     if config.api is not None:
         api = KubeAPI(gate, cluster, reactor)

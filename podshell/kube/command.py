@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from podshell.auth.audit import AuditedSession
-from podshell.cluster import Process
-from podshell.flow import Pausable, Valve
-from podshell.node.spawner import ExitStatus, ProcessSink
+from podshell.core.contracts import Process, Session
+from podshell.core.contracts import Sink as ProcessSink
+from podshell.core.flow import Pausable, Valve
+from podshell.core.process import ExitStatus, WindowSize
+from podshell.core.target import TargetError
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
-from podshell.target import TargetError
 
 
 class Output(Protocol):
@@ -37,7 +37,7 @@ class CommandSession:
     and end (as a Kubernetes status) to the client."""
 
     def __init__(
-        self, output: Output, protocol: str, options: StreamOptions, audit: AuditedSession, command: list[str] | None
+        self, output: Output, protocol: str, options: StreamOptions, audit: Session, command: list[str] | None
     ) -> None:
         self.output = output
         self.protocol = protocol
@@ -84,7 +84,7 @@ class CommandSession:
         """Raises ValueError for a message that is not a window size."""
         if self.target is not None and not self.ended:
             for size in self.resizes.feed(data):
-                self.target.resize(size)
+                self.target.resize(WindowSize(size.rows, size.cols))
 
     def client_gone(self) -> None:
         if self.target is not None and not self.ended:
@@ -106,9 +106,9 @@ class CommandSession:
         if self.target is not None:
             self.audit.end(str(status), self.target.bytes_in, self.target.bytes_out)
         if self.command is None:
-            payload = rc.final_status(ExitStatus(0), [], self.protocol)
+            payload = rc.final_status(rc.Ended(0), [], self.protocol)
         else:
-            payload = rc.final_status(status, self.command, self.protocol)
+            payload = rc.final_status(rc.Ended(status.code, status.signal), self.command, self.protocol)
         if payload:
             self.output.send(rc.ERROR, payload)
         self.output.finish()

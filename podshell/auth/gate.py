@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from podshell.addresses import ip_of
 from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
-from podshell.auth.policy import Decision
-from podshell.cluster import Grant, Placement
-from podshell.config import VERBS
-from podshell.node.runtime.base import LogsUnavailable
-from podshell.target import (
+from podshell.auth.policy import VERBS, Decision
+from podshell.core.addresses import ip_of
+from podshell.core.contracts import Grant, Placement
+from podshell.core.target import (
     ContainerNotRunning,
     InvalidTarget,
+    LogsUnavailable,
     NoSuchContainer,
     NoSuchPod,
     Target,

@@ -2,7 +2,7 @@
 
 Every check happens inside the handshake, before a byte of HTTP moves: the
 chain must lead to the cluster CA, and the peer's certificate must carry the
-right role (L{podshell.pki}).  A node agent accepts only gateways; a gateway
+right role (L{podshell.pki.cluster_ca}).  A node agent accepts only gateways; a gateway
 accepts only the node it dialled: role node, the configured name as the
 certificate's name, and the dialled address among its SANs (checked with
 service-identity, as HTTPS checks a host name).
@@ -21,9 +21,9 @@ from service_identity.cryptography import verify_certificate_hostname, verify_ce
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from podshell.pki import Role, describe
-from podshell.tls import Issued
-from podshell.yamlfile import ConfigError
+from podshell.core.yamlfile import ConfigError
+from podshell.pki.cluster_ca import Role, describe
+from podshell.pki.state_ca import Issued
 
 _CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20"
 # X509_V_ERR_* codes a gateway is likely to meet, in words.

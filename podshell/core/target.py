@@ -147,3 +147,8 @@ def resolve(text: str, has_pod: Callable[[str, str], list[str] | None]) -> Targe
         f"no pod {split.namespace}/{split.pod} with container {split.container!r}, "
         f"and no pod {whole.namespace}/{whole.pod}"
     )
+
+
+class LogsUnavailable(TargetError):
+    """A container's logs cannot be read as asked; the message is the
+    kube-apiserver's own (kubectl users know it, scripts match on it)."""

@@ -21,20 +21,19 @@ from urllib.parse import quote, urlencode
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
+from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
-from podshell.cluster import Cluster, Grant, Placement
-from podshell.gateway.access import Denied, Gate, Resolve
-from podshell.gateway.api import logs, objects, websocket
-from podshell.gateway.api.channels import ChannelCommand, ChannelPort, ChannelPortForward
-from podshell.gateway.api.command import Start
-from podshell.gateway.api.front import Handler, HTTPError, Request, Upgrade
-from podshell.gateway.api.spdy_server import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
-from podshell.gateway.api.websocket import MessageApp
-from podshell.node.inprocess import LocalNode
+from podshell.core.contracts import Grant, Nodes, Placement
+from podshell.core.target import NoSuchPod, Target, TargetError
+from podshell.kube import logs, objects, websocket
+from podshell.kube.channels import ChannelCommand, ChannelPort, ChannelPortForward
+from podshell.kube.command import Start
+from podshell.kube.front import Handler, HTTPError, Request, Upgrade
+from podshell.kube.spdy import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
+from podshell.kube.websocket import MessageApp
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
-from podshell.target import NoSuchPod, Target, TargetError
 
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward|log))?$")
 _NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
@@ -58,7 +57,7 @@ _PASSED_ON = (
 
 
 class KubeAPI:
-    def __init__(self, gate: Gate, cluster: Cluster, reactor, agent: bool = False) -> None:
+    def __init__(self, gate: Gate, cluster: Nodes, reactor, agent: bool = False) -> None:
         """@param agent: serve as a node agent, to gateways: their own
         stream protocols, and the environment they pass with a command."""
         self.gate = gate
@@ -230,10 +229,8 @@ class KubeAPI:
         spliced = self._splice(request, granted, "log", query, headers)
         if spliced is not None:
             return spliced
-        node = self.cluster.node(granted)
-        assert isinstance(node, LocalNode)  # not spliced: this process runs the pod
-        try:
-            source = node.runtime.read_log(namespace, name, granted.handle.container, wanted.previous, wanted.options)
+        try:  # not spliced: this process runs the pod
+            source = self.cluster.node(granted).logs(granted, wanted.previous, wanted.options)
         except TargetError as e:
             granted.session.end(f"failed: {e}")
             raise HTTPError(400, "BadRequest", str(e)) from None

@@ -20,10 +20,10 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from podshell.addresses import host_port, set_no_delay
 from podshell.auth.identity import Directory, Identity
-from podshell.cluster import Upgrade
-from podshell.gateway.api import objects
+from podshell.core.addresses import host_port, set_no_delay
+from podshell.core.contracts import Upgrade
+from podshell.kube import objects
 
 log = Logger()
 MAX_HEAD = 64 * 1024

@@ -11,20 +11,19 @@ for the container's next write and ends when that run of it ends.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from podshell.node.logfile import Options, parse_timestamp
-from podshell.node.runtime.base import LogsUnavailable
+from podshell.core.logs import LogSource, Options, parse_timestamp
+from podshell.core.target import LogsUnavailable
 
 if TYPE_CHECKING:
-    from podshell.auth.audit import AuditedSession
+    from podshell.core.contracts import Session
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
@@ -110,30 +109,11 @@ def container_of(pod: dict[str, Any], container: str | None) -> str:
     return container
 
 
-class LogSource(Protocol):
-    """One read of a container run's log (L{podshell.node.runtime.local.ContainerLog})."""
-
-    @property
-    def live(self) -> bool: ...
-
-    @property
-    def at_end(self) -> bool: ...
-
-    @property
-    def done(self) -> bool: ...
-
-    def read(self) -> bytes: ...
-
-    def watch(self, watcher: Callable[[], None]) -> None: ...
-
-    def close(self, watcher: Callable[[], None] | None = None) -> None: ...
-
-
 class LogStream(TwistedProtocol):
     """The response: one chunk per turn of the reactor while the transport
     is not paused; following, a write of the container wakes it."""
 
-    def __init__(self, reactor, source: LogSource, session: AuditedSession, follow: bool) -> None:
+    def __init__(self, reactor, source: LogSource, session: Session, follow: bool) -> None:
         self.reactor = reactor
         self.source = source
         self.session = session

@@ -26,8 +26,8 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.handshake import H11Handshake
 from zope.interface import implementer
 
+from podshell.core.transports import StreamTransport
 from podshell.protocols.wsframe import binary_header
-from podshell.transports import StreamTransport
 
 MAX_MESSAGE = 32 << 20  # a kubelet's (x/net/websocket's default): the Python client writes stdin as one message
 CLOSE_GRACE = 5.0

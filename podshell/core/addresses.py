@@ -86,3 +86,7 @@ def ack_now(transport: object) -> None:
     sock = _tcp_socket(transport)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
+
+class PortRefused(ConnectionRefusedError):
+    """Nothing listens on the port inside the pod."""

@@ -17,15 +17,15 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from podshell.auth.audit import AuditedSession
-from podshell.flow import FanOut, Valve
-from podshell.gateway.api.command import CommandSession, Start
-from podshell.gateway.api.portforward import Backend, Connect, failure_text, open_backend
-from podshell.gateway.api.websocket import MessageTransport, WebSocketEndpoint
+from podshell.core.contracts import Session
+from podshell.core.flow import FanOut, Valve
+from podshell.core.transports import StreamTransport
+from podshell.kube.command import CommandSession, Start
+from podshell.kube.portforward import Backend, Connect, failure_text, open_backend
+from podshell.kube.websocket import MessageTransport, WebSocketEndpoint
 from podshell.protocols import remotecommand as rc
 from podshell.protocols import spdy
 from podshell.protocols.remotecommand import StreamOptions
-from podshell.transports import StreamTransport
 
 log = Logger()
 STREAM_CREATION_TIMEOUT = 30.0  # what the kubelet allows a client to open its streams
@@ -141,7 +141,7 @@ class SpdyCommand:
         server: SpdyServer,
         protocol: str,
         options: StreamOptions,
-        audit: AuditedSession,
+        audit: Session,
         command: list[str] | None,
         start: Start,
     ) -> None:
@@ -236,9 +236,7 @@ class SpdyPortForward:
     """Port-forward: streams come in pairs (error, data) keyed by
     C{requestid}; each pair is one TCP connection to a port in the pod."""
 
-    def __init__(
-        self, server: SpdyServer, connect: Connect, pod: str, audit: AuditedSession, report_errors: bool
-    ) -> None:
+    def __init__(self, server: SpdyServer, connect: Connect, pod: str, audit: Session, report_errors: bool) -> None:
         self.server = server
         self.connect = connect
         self.pod = pod

@@ -4,16 +4,15 @@ and the key."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from podshell.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse
-
-VERBS = ("exec", "attach", "port-forward", "logs")
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]*$"
+from podshell.auth.identity import NAME_PATTERN, User
+from podshell.auth.policy import VERBS, Rule
+from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
+from podshell.node.runtime.manifest import Backoff
 
 
 class Listener(StrictModel):
@@ -35,70 +34,6 @@ class SSHConfig(Listener):
 
 class APIConfig(Listener):
     listen: str = "ssl:8443:interface=127.0.0.1"
-
-
-class User(StrictModel):
-    name: str = Field(pattern=_NAME)
-    groups: list[str] = []
-    ssh_keys: list[str] = []
-    authorized_keys_file: str | None = None
-    tokens: list[str] = []
-
-    @field_validator("tokens")
-    @classmethod
-    def _strong(cls, v: list[str]) -> list[str]:
-        for token in v:
-            if len(token) < 16 or any(c.isspace() for c in token):
-                raise ValueError("tokens must be at least 16 characters without spaces")
-        return v
-
-
-class Rule(StrictModel):
-    """One policy entry; the policy is deny-by-default and a matching
-    C{effect: deny} rule wins over any allow."""
-
-    subjects: list[str] = Field(min_length=1)
-    verbs: list[str] = Field(min_length=1)
-    namespaces: list[str] = Field(min_length=1)
-    pods: list[str] = ["*"]
-    containers: list[str] = ["*"]
-    effect: Literal["allow", "deny"] = "allow"
-    sources: list[str] | None = None
-
-    @field_validator("subjects")
-    @classmethod
-    def _subjects(cls, v: list[str]) -> list[str]:
-        for s in v:
-            kind, _, name = s.partition(":")
-            if s != "*" and (kind not in ("user", "group") or not name):
-                raise ValueError(f"subject {s!r} must be user:NAME, group:NAME or *")
-        return v
-
-    @field_validator("verbs")
-    @classmethod
-    def _verbs(cls, v: list[str]) -> list[str]:
-        for verb in v:
-            if verb != "*" and verb not in VERBS:
-                raise ValueError(f"unknown verb {verb!r} (verbs: {', '.join(VERBS)}, *)")
-        return v
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, v: list[str] | None) -> list[str] | None:
-        for net in v or ():
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"source {net!r} is not an IP network like 127.0.0.0/8") from None
-        return v
-
-
-class Backoff(StrictModel):
-    """Restart back-off of crashed containers (Kubernetes: 10 s doubling to 5 min)."""
-
-    initial: float = Field(default=10.0, gt=0)
-    max: float = Field(default=300.0, gt=0)
-    reset_after: float = Field(default=600.0, gt=0)
 
 
 class LogLimits(StrictModel):
@@ -131,7 +66,7 @@ class TLSFiles(StrictModel):
 class NodeAgent(StrictModel):
     """A node agent's own name and its mutual-TLS listener for gateways."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     listen: str = Field(min_length=1, description="a Twisted endpoint string; always TLS, always mutual")
 
     @field_validator("listen")
@@ -145,7 +80,7 @@ class NodeAgent(StrictModel):
 class NodeAddress(StrictModel):
     """A node agent a gateway routes to."""
 
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     address: str = Field(description="HOST:PORT; the node's certificate must name HOST")
 
     @field_validator("address")
@@ -223,11 +158,6 @@ class Config(StrictModel):
                 if (kind == "user" and name not in names) or (kind == "group" and name not in groups):
                     raise ValueError(f"policy[{i}].subjects: {subject!r} names no configured {kind}")
         return self
-
-
-def resolve_path(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 def holds_manifests(path: Path) -> bool:

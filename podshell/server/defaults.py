@@ -19,9 +19,9 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from podshell.config import APIConfig, Config, Rule, RuntimeConfig, User
+from podshell.server.config import APIConfig, Config, Rule, RuntimeConfig, User
 
-DEMO_PODS = Path(__file__).parent / "node" / "runtime" / "demo-pods.yaml"
+DEMO_PODS = Path(__file__).parent.parent / "node" / "runtime" / "demo-pods.yaml"
 LOOPBACK = ["127.0.0.0/8", "::1/128"]
 STATE_ENV = "PODSHELL_STATE_DIR"
 # Where the embedded default kept its state before it was one per user.

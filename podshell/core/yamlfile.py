@@ -136,3 +136,8 @@ def parse(model: type[M], data: Any, where: str) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         raise validation_error(where, e, model) from None
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -5,11 +5,11 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from podshell.auth.audit import AuditedSession
-from podshell.flow import FanOut, Valve
-from podshell.gateway.api.command import CommandSession, Start
-from podshell.gateway.api.portforward import Backend, Connect, failure_text, open_backend
-from podshell.gateway.api.websocket import WebSocketEndpoint
+from podshell.core.contracts import Session
+from podshell.core.flow import FanOut, Valve
+from podshell.kube.command import CommandSession, Start
+from podshell.kube.portforward import Backend, Connect, failure_text, open_backend
+from podshell.kube.websocket import WebSocketEndpoint
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
@@ -22,7 +22,7 @@ class ChannelCommand:
     4 resize, (v5) 255 to close a stream, and (gateway to node) 6 to signal."""
 
     def __init__(
-        self, protocol: str, options: StreamOptions, audit: AuditedSession, command: list[str] | None, start: Start
+        self, protocol: str, options: StreamOptions, audit: Session, command: list[str] | None, start: Start
     ) -> None:
         self.protocol = protocol
         self.b64 = protocol in (rc.B64, rc.V4_B64)
@@ -75,7 +75,7 @@ class ChannelPortForward:
     per port, data on channel 2i, errors on 2i+1, each opened by the port
     number; when every port is done, Close 1000."""
 
-    def __init__(self, ports: list[int], b64: bool, connect: Connect, pod: str, audit: AuditedSession) -> None:
+    def __init__(self, ports: list[int], b64: bool, connect: Connect, pod: str, audit: Session) -> None:
         self.ports = ports
         self.b64 = b64
         self.connect = connect
@@ -166,7 +166,7 @@ class ChannelPort:
     connected, or the error; then data both ways, and C{CLOSE} with the data
     channel when a side will send no more (TCP half-close, carried)."""
 
-    def __init__(self, port: int, connect: Connect, audit: AuditedSession) -> None:
+    def __init__(self, port: int, connect: Connect, audit: Session) -> None:
         self.port = port
         self.connect = connect
         self.audit = audit

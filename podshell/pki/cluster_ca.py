@@ -18,7 +18,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from podshell.tls import Issued, issue, make_ca
+from podshell.pki.state_ca import Issued, issue, make_ca
 
 Role = Literal["gateway", "node"]
 ROLES: tuple[Role, ...] = ("gateway", "node")

@@ -12,8 +12,8 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProduc
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from podshell.flow import Valve
-from podshell.transports import StreamTransport
+from podshell.core.flow import Valve
+from podshell.core.transports import StreamTransport
 
 Connect = Callable[[int, IProtocolFactory], "Deferred[IProtocol]"]
 
@@ -36,6 +36,8 @@ class Backend(Protocol):
         self.reader: IPushProducer | None = None  # registered while we may write
         self.on_closed: Callable[[], object] | None = None  # both directions are done
         self._ended = False
+        self._read_done = False
+        self._write_done = False
 
     @property
     def tcp(self) -> StreamTransport:
@@ -63,10 +65,19 @@ class Backend(Protocol):
         self.relay.backendData(data)
 
     def readConnectionLost(self) -> None:
+        self._read_done = True
         self._end()
+        self._close_when_both_done()
 
     def writeConnectionLost(self) -> None:
         """The pod's side stopped reading: nothing more to deliver."""
+        self._write_done = True
+        self._close_when_both_done()
+
+    def _close_when_both_done(self) -> None:
+        """Twisted leaves a connection half-closed both ways open."""
+        if self._read_done and self._write_done and self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._end()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
 from podshell import __version__
-from podshell.node.runtime.local import LocalContainer, LocalPod, State
+from podshell.core.pods import ContainerState, ContainerStatus, PodStatus
 
 KUBE_VERSION = {"major": "1", "minor": "32"}
 
@@ -15,7 +16,7 @@ def _time(t: datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
 
 
-def _state(state: State) -> dict[str, Any]:
+def _state(state: ContainerState) -> dict[str, Any]:
     if state.kind == "running":
         return {"running": {"startedAt": _time(state.started_at)}}
     if state.kind == "terminated":
@@ -33,34 +34,33 @@ def _state(state: State) -> dict[str, Any]:
     return {"waiting": {k: v for k, v in (("reason", state.reason), ("message", state.message)) if v}}
 
 
-def _container_status(c: LocalContainer) -> dict[str, Any]:
+def _container_status(c: ContainerStatus) -> dict[str, Any]:
     status: dict[str, Any] = {
         "name": c.name,
         "state": _state(c.state),
         "ready": c.state.kind == "running",
         "started": c.state.kind == "running",
         "restartCount": c.restart_count,
-        "image": c.spec.image or "",
+        "image": c.image,
         "imageID": "",
     }
     if c.last_state is not None:
         status["lastState"] = _state(c.last_state)
-    if c.init is not None:
-        status["containerID"] = f"podshell://{c.init.pid}"
+    if c.pid is not None:
+        status["containerID"] = f"podshell://{c.pid}"
     return status
 
 
-def pod_json(pod: LocalPod, node: str) -> dict[str, Any]:
+def pod_json(pod: PodStatus, node: str) -> dict[str, Any]:
     """A v1 Pod as kubectl reads it (exec, attach, port-forward, get)."""
-    manifest = pod.manifest.model_dump(mode="json", exclude_none=True, by_alias=True)
+    manifest = copy.deepcopy(pod.manifest)
     meta = manifest["metadata"]
     meta.update(uid=pod.uid, creationTimestamp=_time(pod.created), resourceVersion="1")
     spec = manifest["spec"]
     spec["nodeName"] = node
     for c in spec["containers"]:
         c.setdefault("image", "")
-    running = [c for c in pod.containers.values() if c.state.kind == "running"]
-    ready = len(running) == len(pod.containers)
+    ready = all(c.state.kind == "running" for c in pod.containers)
     conditions = [
         {"type": "Initialized", "status": "True"},
         {"type": "Ready", "status": "True" if ready else "False"},
@@ -72,7 +72,7 @@ def pod_json(pod: LocalPod, node: str) -> dict[str, Any]:
         "conditions": conditions,
         "hostIP": "127.0.0.1",
         "startTime": _time(pod.started),
-        "containerStatuses": [_container_status(c) for c in pod.containers.values()],
+        "containerStatuses": [_container_status(c) for c in pod.containers],
         "qosClass": "BestEffort",
     }
     if pod.failure:

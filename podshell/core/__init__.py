@@ -1,0 +1,1 @@
+"""Shared value types and contracts: what every layer above speaks."""

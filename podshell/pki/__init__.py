@@ -1,0 +1,1 @@
+"""The cluster CA, the state directory's CA, mutual TLS between gateways and node agents."""

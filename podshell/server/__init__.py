@@ -1,0 +1,1 @@
+"""Assembly: configuration, the service tree, the embedded default, admin commands."""

@@ -1,0 +1,113 @@
+"""The module graph flows one way (ARCHITECTURE.md, "Layers"): every import
+in podshell/, at any depth (in functions, under TYPE_CHECKING), goes to the
+module's own layer or a lower one; never sideways between node and gateway;
+the client sees only the wire formats, the core and itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+# Lowest first: a layer may import its own and the lower ones, never sideways
+# between node and gateway (the same rank); only the server sees both.
+RANK = {"protocols": 0, "core": 1, "auth": 2, "pki": 3, "kube": 4, "node": 5, "gateway": 5, "server": 6}
+ALLOWED = {layer: {o for o in RANK if RANK[o] <= RANK[layer]} for layer in RANK}
+ALLOWED["node"].discard("gateway")
+ALLOWED["gateway"].discard("node")
+ALLOWED["cli"] = {"protocols", "core", "cli"}
+# podshell/command.py, the console script: the client and the server tools.
+ALLOWED["command"] = set(RANK) | {"cli"}
+# No Twisted in the wire formats; no reactor installed by importing a contract.
+FORBIDDEN_OUTSIDE = {"protocols": ("twisted",), "core": ("twisted.internet.reactor",), "cli": ("twisted",)}
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of C{podshell.x.y}; None for the package itself (its version)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _module_name(path: Path, root: Path) -> tuple[str, bool]:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    package = parts[-1] == "__init__"
+    if package:
+        parts.pop()
+    return ".".join(parts), package
+
+
+def _imports(path: Path, root: Path) -> list[str]:
+    """Every module C{path} imports, absolute, at any depth in it."""
+    name, package = _module_name(path, root)
+    here = name.split(".") if package else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = here[: len(here) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.append(module)
+            for alias in node.names:  # from podshell import pki: a module, if there is one
+                sub = root.joinpath(*module.split("."), alias.name)
+                if sub.with_suffix(".py").exists() or (sub / "__init__.py").exists():
+                    found.append(f"{module}.{alias.name}")
+    return found
+
+
+def violations(root: Path = ROOT) -> list[str]:
+    out = []
+    for path in sorted((root / "podshell").rglob("*.py")):
+        name, _ = _module_name(path, root)
+        layer = layer_of(name)
+        if layer is None:
+            continue
+        if layer not in ALLOWED:
+            out.append(f"{path.relative_to(root)} is in no layer (layers: {', '.join(ALLOWED)})")
+            continue
+        for imported in _imports(path, root):
+            for forbidden in FORBIDDEN_OUTSIDE.get(layer, ()):
+                if imported == forbidden or imported.startswith(forbidden + "."):
+                    out.append(f"{path.relative_to(root)} imports {imported} (layer {layer} may not import it)")
+            if not imported.startswith("podshell."):
+                continue
+            other = layer_of(imported)
+            if other is not None and other not in ALLOWED[layer]:
+                what = f"layer {other}" if other in ALLOWED else f"{imported}, which is in no layer"
+                out.append(f"{path.relative_to(root)} imports {imported} (layer {layer} may not import {what})")
+    return out
+
+
+def test_imports_flow_one_way():
+    found = violations()
+    assert not found, "\n" + "\n".join(found)
+
+
+def test_the_checker_sees_every_kind_of_import(tmp_path):
+    for package in ("podshell", "podshell/core", "podshell/server", "podshell/gateway"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "podshell/server/tap.py").write_text("")
+    (tmp_path / "podshell/core/late.py").write_text("def f():\n    from podshell.server import tap\n")
+    (tmp_path / "podshell/core/typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..gateway import x\n"
+    )
+    assert violations(tmp_path) == [
+        "podshell/core/late.py imports podshell.server (layer core may not import layer server)",
+        "podshell/core/late.py imports podshell.server.tap (layer core may not import layer server)",
+        "podshell/core/typed.py imports podshell.gateway (layer core may not import layer gateway)",
+    ]
+
+
+def test_every_package_is_installed():
+    """setup.cfg lists the packages by hand (twisted/plugins has no
+    __init__.py): a package missing there is missing from every install."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "podshell").rglob("__init__.py")}
+    assert found - listed == set(), "add these to setup.cfg [options] packages"
+    assert "twisted.plugins" in listed
