@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import pytest
 
-from podshell import kubeconfig
+from podshell.core import kubeconfig
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 
@@ -415,6 +415,15 @@ def ssh_forward(ssh: Client, *options: str) -> Iterator[list[int]]:
 def test_ssh_local_forward(server, n):
     with ssh_forward(server.ssh) as ports:
         check_forward(ports, n)
+
+
+@pytest.mark.parametrize("n", [0, 1, 65537])
+def test_ssh_stdio_forward_ends_after_the_answer(server, n):
+    """ssh -W with the client's EOF first (a request on stdin): the pod's
+    side answers and closes; the channel must close and ssh exit."""
+    data = randomized(41, n)
+    r = server.ssh.ssh(TARGET, None, "-W", f"localhost:{SINK_PORT}", input=data, timeout=30)
+    assert (r.returncode, r.stdout.decode().split()) == (0, [str(n), digest(41, n)]), r.stderr
 
 
 @pytest.mark.parametrize(
