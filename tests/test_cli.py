@@ -33,7 +33,7 @@ def test_config_check_accepts_the_gateway_and_node_examples(tmp_path):
         run("config", "check", str(tmp_path / "gateway.yaml")),
         run("config", "check", str(tmp_path / "node.yaml")),
     )
-    assert gateway.stdout == f"{tmp_path}/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 users, 1 policy rules)\n", (
+    assert gateway.stdout == f"{tmp_path}/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 user, 1 policy rule)\n", (
         gateway.stderr
     )
     assert node.stdout == f"{tmp_path}/node.yaml: OK (node agent node-1: 2 pods)\n", node.stderr

@@ -174,7 +174,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("config, pods, message", BAD, ids=[m[:40] for _, _, m in BAD])
-def test_bad_configuration_is_one_clear_line(write, config, pods, message):
+def test_bad_configuration_is_one_clear_line_each(write, config, pods, message):
     path = write(config, pods or PODS)
     with pytest.raises(ConfigError) as info:
         load(path)
@@ -226,7 +226,7 @@ def test_a_missing_pki_names_the_commands_that_make_it_and_they_do(tmp_path):
     make = r.stderr.strip().split("make the cluster PKI with ")[1]
     subprocess.run(make.replace("podshell ", f"{PODSHELL} "), shell=True, cwd=tmp_path, check=True, timeout=60)
     r = config_check(tmp_path, "conf/gateway.yaml")
-    assert (r.returncode, r.stdout) == (0, "conf/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 users, 1 policy rules)\n")
+    assert (r.returncode, r.stdout) == (0, "conf/gateway.yaml: OK (gateway gw-1: 2 nodes, 1 user, 1 policy rule)\n")
     # The node: the CA is there now, so only its own certificate is missing.
     r = config_check(tmp_path, "conf/node.yaml")
     assert r.stderr == (
@@ -266,3 +266,14 @@ def test_a_pods_file_is_checked_as_pod_manifests(tmp_path):
 )
 def test_the_embedded_state_is_one_per_user_wherever_it_starts(environ, uid, expected):
     assert defaults.state_dir(environ, uid) == Path(expected).expanduser()
+
+
+def test_every_problem_of_a_file_is_named_at_once(write):
+    """A user fixing a file wants all of its problems in one run."""
+    path = write(GOOD.replace("state_dir:", "colour: blue\nstate_dir:").replace("verbs: [exec,", "verbs: [fly, exec,"))
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2, lines
+    assert any("colour: unknown key" in line for line in lines), lines
+    assert any(": policy[0].verbs: unknown verb 'fly'" in line for line in lines), lines

@@ -84,20 +84,26 @@ def key_path(loc: tuple[int | str, ...]) -> str:
 
 
 def validation_error(where: str, e: ValidationError, model: type[BaseModel]) -> ConfigError:
-    """The first problem of C{e}, as C{where: key.path: what is wrong}."""
-    err = e.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        message = "unknown key" + _expected(model, loc[:-1])
-    elif kind == "missing":
-        message = "missing required key"
-    else:
-        message = err["msg"].removeprefix("Value error, ")
-    more = len(e.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    key = f"{key_path(loc)}: " if loc else ""
-    return ConfigError(f"{where}: {key}{message}{suffix}")
+    """Every problem of C{e}, one per line, as C{where: key.path: what is wrong}:
+    a user fixing a file wants all of them at once, not one per run."""
+    lines = []
+    for err in e.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key" + _expected(model, loc[:-1])
+        elif kind == "missing":
+            message = "missing required key"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        key = f"{key_path(loc)}: " if loc else ""
+        lines.append(f"{where}: {key}{message}")
+    return ConfigError("\n".join(lines))
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """C{1 pod}, C{2 pods}: the numbers people read in a summary."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _expected(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:

@@ -33,7 +33,7 @@ from podshell.auth.policy import Policy
 from podshell.core import kubeconfig
 from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
-from podshell.core.yamlfile import ConfigError
+from podshell.core.yamlfile import ConfigError, count
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.server import make_factory
@@ -158,14 +158,17 @@ def check(config_file: str | None) -> str:
         pods = load_pods(Path(config_file))
         containers = sum(len(p.spec.containers) for p in pods)
         names = ", ".join(f"{p.metadata.namespace}/{p.metadata.name}" for p in pods)
-        return f"{config_file}: OK (Pod manifests: {len(pods)} pods, {containers} containers: {names})"
+        counts = f"{count(len(pods), 'pod')}, {count(containers, 'container')}"
+        return f"{config_file}: OK (Pod manifests: {counts}: {names})"
     loaded = load(config_file)
     config = loaded.config
-    doors = f"{len(config.users)} users, {len(config.policy)} policy rules"
+    doors = f"{count(len(config.users), 'user')}, {count(len(config.policy), 'policy rule')}"
+    pod_count = count(len(loaded.pods), "pod")
+    nodes = count(len(config.nodes), "node")
     what = {
-        "all": f"{doors}, {len(loaded.pods)} pods",
-        "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {len(config.nodes)} nodes, {doors}",
-        "node": f"node agent {config.node.name if config.node else ''}: {len(loaded.pods)} pods",
+        "all": f"{doors}, {pod_count}",
+        "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {nodes}, {doors}",
+        "node": f"node agent {config.node.name if config.node else ''}: {pod_count}",
     }[config.role]
     return f"{loaded.source}: OK ({what})"
 
