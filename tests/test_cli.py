@@ -227,6 +227,11 @@ def test_kubeconfig_output_is_private_and_replaced_whole(tmp_path):
         assert config["users"][0]["user"]["token"] == "secret-token-0123456789"
         assert config["contexts"][0]["context"]["namespace"] == "team-a"
         assert sorted(p.name for p in target.parent.iterdir()) == ["config"]  # no temporary left behind
-    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(target.parent.stat().st_mode) == stat.S_IMODE(target.parent.parent.stat().st_mode) == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(target)  # a kubeconfig kept in a dotfiles repository, linked into ~/.kube
+    r = subprocess.run([*argv, "-n", "team-b", "--output", str(link)], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0 and link.is_symlink(), r.stderr
+    assert yaml.safe_load(target.read_text())["contexts"][0]["context"]["namespace"] == "team-b"
     r = subprocess.run([*argv, "--output", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.startswith(f"podshell: cannot write {tmp_path}: ")

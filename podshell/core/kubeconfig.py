@@ -28,9 +28,13 @@ def render(server: str, user: str, token: str, ca_pem: bytes | None, namespace: 
 
 def write(path: Path, text: str) -> None:
     """Written 0600 (it holds a token), whole or not at all: a private
-    temporary file beside it, renamed over it.  A missing directory is made
-    (0700, like ~/.kube)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary file beside it, renamed over it.  A symlink is written through
+    (the rename goes over its target, not the link).  Missing directories are
+    made 0700, every one of them, like ~/.kube."""
+    path = Path(os.path.realpath(path))
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w") as f:
