@@ -31,11 +31,11 @@ def pattern(n: int) -> bytes:
     return bytes(out[:n])
 
 
-def download(port: int, n: int, digest: bool = True) -> tuple[int, str]:
+def download(port: int, n: int, digest: bool = True, host: str = "127.0.0.1") -> tuple[int, str]:
     """The client of a Source (on this host, or forwarded to one): asks for n
     bytes and reads to EOF; returns the count and their sha256 (or "")."""
     h, total, buf = hashlib.sha256(), 0, bytearray(1 << 20)
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+    with socket.create_connection((host, port), timeout=120) as s:
         s.sendall(b"%d\n" % n)
         while k := s.recv_into(buf):
             if digest:

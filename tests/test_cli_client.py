@@ -229,6 +229,18 @@ def test_kubeconfig_serves_kubectl(home, tmp_path):
     assert r.stdout == b"via-kubectl\n", r.stderr
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+IPV6_LOOPBACK = _has_ipv6_loopback()
+
+
 class Forward:
     def __init__(self, home: Path, *specs: str, pod: str = "team-a/web-0") -> None:
         self.proc = subprocess.Popen(
@@ -239,10 +251,13 @@ class Forward:
         )
         assert self.proc.stdout is not None
         self.local = []
-        for _ in specs:
-            line = self.proc.stdout.readline().decode()
-            assert line.startswith("Forwarding from 127.0.0.1:"), line
-            self.local.append(int(line.split(":")[1].split()[0]))
+        for _ in specs:  # kubectl's localhost: both loopbacks, on one port
+            v4 = self.proc.stdout.readline().decode()
+            assert v4.startswith("Forwarding from 127.0.0.1:"), v4
+            if IPV6_LOOPBACK:
+                v6 = self.proc.stdout.readline().decode()
+                assert v6 == v4.replace("127.0.0.1:", "[::1]:"), v6
+            self.local.append(int(v4.split(":")[1].split()[0]))
 
     def stop(self) -> bytes:
         self.proc.terminate()
@@ -263,6 +278,8 @@ def test_port_forward_concurrent_and_refused(home):
         with socket.create_connection(("127.0.0.1", refused), timeout=30) as s:
             assert s.recv(100) == b""
         assert download(source, 1000)[0] == 1000
+        if IPV6_LOOPBACK:
+            assert download(source, 1000, host="::1") == (1000, hashlib.sha256(pattern(1000)).hexdigest())
         assert forward.proc.poll() is None
     finally:
         err = forward.stop()

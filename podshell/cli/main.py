@@ -187,7 +187,11 @@ def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.Arg
         "only the connection that tried it.",
     )  # fmt: skip
     forward.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
-    forward.add_argument("--address", default="127.0.0.1", help="the local address to listen on (default: 127.0.0.1)")
+    forward.add_argument(
+        "--address",
+        default="localhost",
+        help="addresses to listen on, comma-separated, as kubectl's (default: localhost, i.e. 127.0.0.1 and ::1)",
+    )
     forward.add_argument("pod", metavar="POD", help="POD or NS/POD")
     forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE", help="LOCAL empty or 0: any free port")
     forward.set_defaults(run=_port_forward, container=None)

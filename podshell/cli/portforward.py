@@ -93,19 +93,43 @@ class Forwarder:
             print("Reconnected", file=sys.stderr, flush=True)
 
     def _listen(self) -> None:
+        """kubectl's --address: a comma-separated list; "localhost" is
+        127.0.0.1 and ::1 on the same port, the second only where IPv6 is."""
+        named = [a.strip() for a in self.address.split(",") if a.strip()]
         for local, remote in self.ports:
-            family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+            port = local
+            for address in named:
+                optional = address == "localhost"
+                for host in ("127.0.0.1", "::1") if optional else (address,):
+                    sock = self._bind(host, port, required=not (optional and host == "::1"))
+                    if sock is None:
+                        continue
+                    port = sock.getsockname()[1]  # port 0: the same random port for every address
+                    self.listeners.append(_Listener(sock, port, remote))
+                    shown = f"[{host}]" if ":" in host else host
+                    print(f"Forwarding from {shown}:{port} -> {remote}", flush=True)
+
+    @staticmethod
+    def _bind(host: str, port: int, required: bool) -> socket.socket | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.address, local))
-            except OSError as e:
-                raise CLIError(f"cannot listen on {self.address}:{local}: {e.strerror}") from None
-            sock.listen(128)
-            bound = sock.getsockname()[1]
-            self.listeners.append(_Listener(sock, bound, remote))
-            host = f"[{self.address}]" if family == socket.AF_INET6 else self.address
-            print(f"Forwarding from {host}:{bound} -> {remote}", flush=True)
+        except OSError as e:
+            if not required:
+                return None
+            raise CLIError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            sock.close()
+            if not required:
+                return None
+            raise CLIError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        sock.listen(128)
+        return sock
 
     def _upgrade(self) -> _Session:
         sock = self.api.connect()
