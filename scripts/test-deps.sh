@@ -1,11 +1,15 @@
 #!/bin/sh
 # System packages the integration tests drive for real: OpenSSH's sftp-server
-# (run inside pods for sftp/scp) and rsync. Installed only when missing.
+# (run inside pods for sftp/scp), rsync, and a real container runtime
+# (containerd, runc, the CNI plugins). Installed only when missing.
 set -e
 missing=""
 [ -x /usr/lib/openssh/sftp-server ] || missing="$missing openssh-sftp-server"
 command -v rsync >/dev/null 2>&1 || missing="$missing rsync"
 command -v ssh >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
+[ -x /usr/sbin/runc ] || missing="$missing runc"
+[ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
 if [ -n "$missing" ]; then
     echo "installing:$missing"
     apt-get update -qq
@@ -20,5 +24,15 @@ if [ ! -x "$tools/kubectl.1.20" ]; then
     (cd "$tools/deb" && { apt-get download -qq kubernetes-client 2>/dev/null || { apt-get update -qq && apt-get download -qq kubernetes-client; }; })
     dpkg -x "$tools"/deb/kubernetes-client_*.deb "$tools/root"
     ln -sf "$(cd "$tools/root/usr/bin" && pwd)/kubectl" "$tools/kubectl.1.20"
+    rm -rf "$tools/deb"
+fi
+
+# Debian's busybox-static, unpacked beside the tests: the one binary the test
+# images are built from (tests/images.py), never installed on the host.
+if [ ! -x "$tools/busybox" ]; then
+    mkdir -p "$tools/deb"
+    (cd "$tools/deb" && { apt-get download -qq busybox-static 2>/dev/null || { apt-get update -qq && apt-get download -qq busybox-static; }; })
+    dpkg -x "$tools"/deb/busybox-static_*.deb "$tools/busybox-root"
+    ln -sf "$(cd "$tools/busybox-root/bin" && pwd)/busybox" "$tools/busybox"
     rm -rf "$tools/deb"
 fi
