@@ -182,7 +182,11 @@ def _child(spec: dict) -> None:
 
 def become(spec: dict, env: dict[str, str]) -> None:
     """Become the command of C{spec}, already inside its namespaces and in
-    a session of its own: death signal, user, directory, then exec."""
+    a session of its own: death signal, user, directory, then exec; or,
+    with a C{confinement} (L{podshell.node.confine}), the container's own
+    confinement from its OCI spec instead of user and directory."""
+    if spec.get("refused"):
+        _fail(spec["refused"])
     try:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -193,22 +197,28 @@ def become(spec: dict, env: dict[str, str]) -> None:
                 _libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
                 "mount /proc",
             )
-        home = None
-        if spec.get("user") is not None:
-            uid, gid, groups, home = _credentials(str(spec["user"]))
-            os.setgroups(groups)
-            os.setgid(gid)
-            os.setuid(uid)
-        if "HOME" not in env:
-            env["HOME"] = home or _home_of(os.getuid())
-        workdir = spec.get("workdir") or env.get("HOME") or "/"
-        try:
-            os.chdir(workdir)
-        except OSError as e:
-            if spec.get("workdir"):
-                raise OSError(e.errno, f"working directory {workdir}: {e.strerror}") from None
-            os.chdir("/")
-    except (OSError, LookupError) as e:
+        confinement = spec.get("confinement")
+        if confinement is not None:
+            if "HOME" not in env:
+                env["HOME"] = _home_of(confinement.uid)
+            confinement.enter()
+        else:
+            home = None
+            if spec.get("user") is not None:
+                uid, gid, groups, home = _credentials(str(spec["user"]))
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
+            if "HOME" not in env:
+                env["HOME"] = home or _home_of(os.getuid())
+            workdir = spec.get("workdir") or env.get("HOME") or "/"
+            try:
+                os.chdir(workdir)
+            except OSError as e:
+                if spec.get("workdir"):
+                    raise OSError(e.errno, f"working directory {workdir}: {e.strerror}") from None
+                os.chdir("/")
+    except (OSError, LookupError, ValueError) as e:
         _fail(str(e))
     _exec(spec["argv"], env)
 

@@ -38,7 +38,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from podshell.core.process import ExitStatus, WindowSize, signal_number
-from podshell.node import nsexec
+from podshell.node import confine, nsexec
+from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
 
@@ -273,8 +274,14 @@ class _BornInContainer:
             os.close(self._pidfd)
 
     def _setupChild(self, *args: object, **kwargs: object) -> None:
+        confinement: Confinement | None = self._spec.get("confinement")
+        if confinement is not None:
+            try:
+                confinement.join_cgroups()  # while the host's cgroup filesystems are in view
+            except OSError as e:  # said once stderr is the session's (L{nsexec.become})
+                self._spec["refused"] = f"cannot join the container's cgroups: {e}"
         try:
-            nsexec.setns(self._pidfd, _JOINED_AFTER_FORK)
+            nsexec.setns(self._pidfd, _JOINED_AFTER_FORK | (confinement.namespaces if confinement else 0))
         except OSError as e:
             os.write(2, f"podshell: cannot enter the container: {e}\n".encode())
             os._exit(126)
@@ -409,7 +416,7 @@ class Spawner:
         """
         if not argv:
             raise ValueError("no command given")
-        spec = {
+        spec: dict[str, Any] = {
             "mode": "exec",
             "target": [handle.init.pid, handle.init.started],
             "join": ALL_NAMESPACES,
@@ -418,14 +425,16 @@ class Spawner:
             "workdir": workdir or handle.working_dir,
         }
         try:
-            return self._launch(
-                spec,
-                sink,
-                self.environment(handle.hostname, handle.env, env, tty),
-                tty,
-                size,
-                f"{handle.path}: {' '.join(argv)}",
-            )
+            environment = self.environment(handle.hostname, handle.env, env, tty)
+            if handle.runtime_spec is not None:
+                if user is not None:
+                    raise ValueError("an exec into a container with a runtime spec runs as the spec's user")
+                try:
+                    spec["confinement"] = confined = confine.prepare(handle.runtime_spec, handle.init.pid, workdir)
+                    environment = confined.environment(env, tty)
+                except confine.ConfinementError as e:  # the exec fails, as one that cannot start does
+                    spec["refused"] = f"cannot confine the command as its container is: {e}"
+            return self._launch(spec, sink, environment, tty, size, f"{handle.path}: {' '.join(argv)}")
         except ProcessLookupError:
             raise ContainerNotRunning(handle.namespace, handle.pod, handle.container, "it stopped") from None
 

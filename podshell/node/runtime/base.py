@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from podshell.core.target import ContainerNotRunning, NoSuchContainer, NoSuchPod, TargetError
 
@@ -38,6 +39,9 @@ class ContainerHandle:
     working_dir: str | None = None
     user: str | None = None
     labels: dict[str, str] = field(default_factory=dict, compare=False)
+    runtime_spec: dict[str, Any] | None = field(
+        default=None, compare=False
+    )  # the container's OCI spec: exec is confined as runc exec
 
     @property
     def path(self) -> str:
