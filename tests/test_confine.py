@@ -296,6 +296,8 @@ async def test_dropped_and_added_capabilities_seccomp_and_limits(spawner, run_co
     assert fields["CapAmb"] == f"{1 << 12:016x}"  # NET_ADMIN; CHOWN is not inheritable
     _, umask = await podshell_exec(spawner, container, ["sh", "-c", "umask"])
     assert umask == "0027\n"
+    _, touched = await podshell_exec(spawner, container, ["touch", "/probe"])
+    assert "Read-only file system" in touched
     _, cgroups = await podshell_exec(spawner, container, ["cat", "/proc/self/cgroup"])
     assert all(line.endswith(container.handle.runtime_spec["linux"]["cgroupsPath"]) for line in cgroups.splitlines())
     _, refused = await podshell_exec(spawner, container, ["renice", "-n", "1", "-p", "1"])
