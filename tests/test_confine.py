@@ -232,6 +232,7 @@ PROBES = [
     ["id"],
     ["env"],
     ["pwd"],
+    ["cat", "/proc/self/oom_score_adj"],
     ["sh", "-c", "touch /probe; echo $?"],
     ["sh", "-c", "renice -n 1 -p $$; echo $?"],
     ["sh", "-c", "linux32 true; echo $?"],
@@ -284,6 +285,7 @@ def configure_user(config: dict) -> None:
     config["process"]["capabilities"] = dict.fromkeys(("bounding", "effective", "permitted"), DEFAULT_CAPS)
     config["process"]["noNewPrivileges"] = False  # the filter goes on before the user switch
     config["process"]["cwd"] = "/home"
+    config["process"]["oomScoreAdj"] = 500
     config["linux"]["seccomp"] = runtime_default_seccomp()
 
 
@@ -312,6 +314,7 @@ async def test_a_non_root_user_with_additional_groups(spawner, run_container):
     assert fields["Uid"] == "1000 1000 1000 1000"
     assert fields["Groups"] == "2000 65534"
     assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("0", "2")
+    assert await podshell_exec(spawner, container, ["cat", "/proc/self/oom_score_adj"]) == (ExitStatus(code=0), "500\n")
 
 
 @pytest_twisted.ensureDeferred

@@ -153,9 +153,9 @@ class Confinement:
         return env
 
     def join_cgroups(self) -> None:
-        """Enter the container's cgroup in every hierarchy: done in the child
-        before it joins the mount namespace, where the host's cgroup
-        filesystems are still in view."""
+        """Enter the container's cgroup in every hierarchy, and take its OOM
+        score: done in the child before it joins the mount namespace, where
+        the host's cgroup filesystems and /proc are still in view."""
         for path in self.cgroup_procs:
             with open(path, "w") as f:
                 f.write(str(os.getpid()))

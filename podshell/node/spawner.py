@@ -279,7 +279,7 @@ class _BornInContainer:
             try:
                 confinement.join_cgroups()  # while the host's cgroup filesystems are in view
             except OSError as e:  # said once stderr is the session's (L{nsexec.become})
-                self._spec["refused"] = f"cannot join the container's cgroups: {e}"
+                self._spec["refused"] = f"cannot take the container's cgroups and OOM score: {e}"
         try:
             nsexec.setns(self._pidfd, _JOINED_AFTER_FORK | (confinement.namespaces if confinement else 0))
         except OSError as e:
