@@ -286,6 +286,7 @@ def configure_user(config: dict) -> None:
     config["process"]["noNewPrivileges"] = False  # the filter goes on before the user switch
     config["process"]["cwd"] = "/home"
     config["process"]["oomScoreAdj"] = 500
+    config["linux"]["namespaces"].append({"type": "cgroup"})  # as containerd gives one on cgroup v2
     config["linux"]["seccomp"] = runtime_default_seccomp()
 
 
@@ -315,6 +316,8 @@ async def test_a_non_root_user_with_additional_groups(spawner, run_container):
     assert fields["Groups"] == "2000 65534"
     assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("0", "2")
     assert await podshell_exec(spawner, container, ["cat", "/proc/self/oom_score_adj"]) == (ExitStatus(code=0), "500\n")
+    _, cgroups = await podshell_exec(spawner, container, ["cat", "/proc/self/cgroup"])
+    assert all(line.endswith(":/") for line in cgroups.splitlines())  # its own cgroup namespace's root
 
 
 @pytest_twisted.ensureDeferred
