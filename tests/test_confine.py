@@ -4,6 +4,7 @@ C{runc exec} confines it: real runc containers, compared field by field."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pty
@@ -352,15 +353,20 @@ async def test_a_process_over_the_memory_limit_is_killed_in_the_container_cgroup
     assert int((memory / "memory.max_usage_in_bytes").read_text()) <= 32 << 20
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_spec_that_cannot_be_applied_refuses_the_exec(spawner, run_container):
-    container = run_container("refused", configure_user)
+def with_spec(container: Container, change: Callable[[dict], None]) -> ContainerHandle:
+    """The container's handle with a changed copy of its spec."""
     spec = json.loads(json.dumps(container.handle.runtime_spec))
-    spec["linux"]["seccomp"]["defaultAction"] = "SCMP_ACT_NO_SUCH_ACTION"
-    handle = ContainerHandle(
-        "default", "refused", "main", "refused", container.handle.init, container.handle.init, runtime_spec=spec
-    )
-    sink = Collect()
-    spawner.process(handle, ["id"], sink)
-    assert await sink.done == ExitStatus(code=126)
-    assert b"SCMP_ACT_NO_SUCH_ACTION" in sink.err and not sink.out
+    change(spec)
+    return dataclasses.replace(container.handle, runtime_spec=spec)
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_cannot_be_applied_fails_the_exec_before_it_runs(spawner, run_container):
+    container = run_container("refused", configure_user)
+    unknown_action = with_spec(container, lambda s: s["linux"]["seccomp"].update(defaultAction="SCMP_ACT_NO_SUCH"))
+    no_cwd = with_spec(container, lambda s: s["process"].update(cwd="/no/such/dir"))
+    for handle, message in ((unknown_action, b"SCMP_ACT_NO_SUCH"), (no_cwd, b"working directory /no/such/dir")):
+        sink = Collect()
+        spawner.process(handle, ["id"], sink)
+        assert await sink.done == ExitStatus(code=126)
+        assert message in sink.err and not sink.out
