@@ -20,6 +20,7 @@ from podshell import __version__
 from podshell.cli import pump
 from podshell.cli.api import API, pod_path
 from podshell.cli.profile import CLIError
+from podshell.core.denial import answer, kind_of_status
 from podshell.protocols import remotecommand as rc
 from podshell.protocols import spdy
 
@@ -87,7 +88,7 @@ class Forwarder:
                     session = self._upgrade()
                     break
                 except CLIError as e:
-                    if e.status is not None and e.status in (401, 403, 404):
+                    if e.status is not None and _lasting(e.status):
                         raise
                     print(f"podshell: {e}", file=sys.stderr, flush=True)
             print("Reconnected", file=sys.stderr, flush=True)
@@ -279,6 +280,12 @@ class Forwarder:
     def _flush(session: _Session) -> None:
         session.outgoing += session.core.data_to_send()
         pump.send(session.sock, session.outgoing)
+
+
+def _lasting(status: int) -> bool:
+    """A refusal that the same request, tried again, cannot overcome."""
+    kind = kind_of_status(status)
+    return status == 401 or (kind is not None and answer(kind).lasting)
 
 
 def parse_ports(specs: list[str]) -> list[tuple[int, int]]:

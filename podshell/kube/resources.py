@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -23,7 +24,10 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
+from podshell.auth.policy import VERBS, Access
+from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Nodes, Placement
+from podshell.core.denial import answer
 from podshell.core.target import NoSuchPod, Target, TargetError
 from podshell.kube import logs, objects, websocket
 from podshell.kube.channels import ChannelCommand, ChannelPort, ChannelPortForward
@@ -41,7 +45,6 @@ _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 # How long exec output waits after the upgrade for clients that read before
 # they are ready for it (L{_reads_before_its_streams}).
 STREAMS_NOT_READY_HOLD = 0.02
-_DENIED = {"forbidden": (403, "Forbidden"), "not-found": (404, "NotFound"), "invalid": (400, "BadRequest")}
 # What a node agent needs of the client's upgrade request; the rest (its
 # credentials above all) stays at the gateway.
 _PASSED_ON = (
@@ -140,11 +143,8 @@ class KubeAPI:
         raise HTTPError(404, "NotFound", f'namespaces "{name}" not found', details={"name": name, "kind": "namespaces"})
 
     def _may_know(self, request: Request, namespace: str, name: str) -> bool:
-        source = request.peer.rsplit(":", 1)[0].strip("[]")
-        return any(
-            self.gate.policy.decide(request.identity, verb, namespace, name, None, source)
-            for verb in ("exec", "attach", "port-forward", "logs")
-        )
+        access = Access(request.identity, "", namespace, name, source=ip_of(request.peer))
+        return any(self.gate.policy.decide(replace(access, verb=verb)) for verb in VERBS)
 
     # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
     def command(self, request: Request, namespace: str, name: str, verb: str) -> Upgrade:
@@ -304,8 +304,8 @@ class KubeAPI:
                 peer, via = request.identity.source or peer, f"gateway {request.identity.gateway} ({request.peer})"
             return self.gate.enter(request.identity, verb, target, peer, via, command, resolve)
         except Denied as e:
-            code, reason = _DENIED.get(e.kind, (400, "BadRequest"))
-            raise HTTPError(code, reason, str(e)) from None
+            said = answer(e.kind)
+            raise HTTPError(said.status, said.reason, str(e)) from None
 
 
 def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[str, str]:
