@@ -101,8 +101,11 @@ class SpdyServer(Protocol):
 
     # For handlers.
     def reply(self, stream_id: int) -> None:
-        self.core.reply(stream_id)
-        self.flush()
+        """Answer a stream, unless the client reset it already: a reset that
+        came in the same read as the stream is parsed before we answer."""
+        if self.core.is_open(stream_id):
+            self.core.reply(stream_id)
+            self.flush()
 
     def send(self, stream_id: int, data: bytes, fin: bool = False) -> None:
         """Send on a stream of ours, unless the client reset it meanwhile
