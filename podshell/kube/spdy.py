@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Protocol as TypingProtocol
 from typing import cast
 
@@ -137,7 +137,26 @@ class SpdyServer(Protocol):
             self.transport.write(out)
 
 
-_STREAM_NAMES = {rc.STDOUT: "stdout", rc.STDERR: "stderr", rc.ERROR: "error"}
+class StreamType(StrEnum):
+    """A Kubernetes SPDY stream's C{streamtype} header."""
+
+    ERROR = "error"
+    STDIN = "stdin"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    RESIZE = "resize"
+    DATA = "data"  # port-forward's bytes
+
+
+def stream_type(headers: spdy.Headers) -> StreamType | None:
+    """The stream's type; None for one we do not know."""
+    try:
+        return StreamType(headers.get("streamtype", ""))
+    except ValueError:
+        return None
+
+
+_STREAM_TYPES = {rc.STDOUT: StreamType.STDOUT, rc.STDERR: StreamType.STDERR, rc.ERROR: StreamType.ERROR}
 
 
 class Phase(Enum):
@@ -165,25 +184,29 @@ class SpdyCommand:
         self.server = server
         self.session = CommandSession(self, protocol, options, audit, command)
         self.start = start
-        self.expected = {"error"}
-        for name, wanted in (("stdin", options.stdin), ("stdout", options.stdout), ("stderr", options.stderr)):
+        self.expected = {StreamType.ERROR}
+        for name, wanted in (
+            (StreamType.STDIN, options.stdin),
+            (StreamType.STDOUT, options.stdout),
+            (StreamType.STDERR, options.stderr),
+        ):
             if wanted:
                 self.expected.add(name)
         if options.tty and protocol not in (rc.V1, rc.V2):
-            self.expected.add("resize")
-        self.ids: dict[str, int] = {}
-        self.kinds: dict[int, str] = {}
+            self.expected.add(StreamType.RESIZE)
+        self.ids: dict[StreamType, int] = {}
+        self.kinds: dict[int, StreamType] = {}
         self.phase = Phase.OPENING
         self.timer = server.reactor.callLater(STREAM_CREATION_TIMEOUT, self._timeout)
 
     def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
-        kind = headers.get("streamtype", "")
+        kind = stream_type(headers)
         if kind in self.ids:
             self.server.reset(stream_id, spdy.Status.PROTOCOL_ERROR)
             return
         self.server.reply(stream_id)
-        if kind not in self.expected:
-            log.info("ignoring an exec stream of type {kind!r}", kind=kind)
+        if kind is None or kind not in self.expected:
+            log.info("ignoring an exec stream of type {kind!r}", kind=headers.get("streamtype", ""))
             return
         self.ids[kind] = stream_id
         self.kinds[stream_id] = kind
@@ -195,19 +218,19 @@ class SpdyCommand:
 
     def streamData(self, stream_id: int, data: bytes, fin: bool) -> None:
         kind = self.kinds.get(stream_id)
-        if kind == "stdin":
+        if kind is StreamType.STDIN:
             if data:
                 self.session.stdin(data)
             if fin:
                 self.session.stdin_closed()
-        elif kind == "resize" and data:
+        elif kind is StreamType.RESIZE and data:
             try:
                 self.session.resize(data)
             except ValueError as e:
                 self.session.fail(f"bad resize message: {e}")
 
     def streamReset(self, stream_id: int) -> None:
-        if self.kinds.get(stream_id) == "stdin":
+        if self.kinds.get(stream_id) is StreamType.STDIN:
             self.session.stdin_closed()
 
     def connectionEnded(self) -> None:
@@ -217,7 +240,7 @@ class SpdyCommand:
 
     def _timeout(self) -> None:
         missing = ", ".join(sorted(self.expected - self.ids.keys()))
-        if "error" in self.ids:
+        if StreamType.ERROR in self.ids:
             self.session.fail(f"timed out waiting for the client to create streams ({missing})")
         else:
             self.server.close()
@@ -226,7 +249,7 @@ class SpdyCommand:
     def send(self, channel: int, data: bytes) -> None:
         """What the target says after the session ended (it may still be
         writing when a failure ends it) is dropped."""
-        stream_id = self.ids.get(_STREAM_NAMES[channel])
+        stream_id = self.ids.get(_STREAM_TYPES[channel])
         if stream_id is not None and self.phase is not Phase.FINISHED:
             self.server.send(stream_id, data)
 
@@ -234,7 +257,7 @@ class SpdyCommand:
         if self.phase is Phase.FINISHED:
             return
         self.phase = Phase.FINISHED
-        for name in ("stdout", "stderr", "error"):
+        for name in (StreamType.STDOUT, StreamType.STDERR, StreamType.ERROR):
             if name in self.ids:
                 self.server.send(self.ids[name], b"", fin=True)
         self.server.close_soon()
@@ -281,12 +304,12 @@ class SpdyPortForward:
         self.moved = [0, 0]
 
     def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
-        kind, port = headers.get("streamtype"), headers.get("port", "")
-        if kind not in ("error", "data") or not port.isdigit() or not 0 < int(port) < 65536:
+        kind, port = stream_type(headers), headers.get("port", "")
+        if kind not in (StreamType.ERROR, StreamType.DATA) or not port.isdigit() or not 0 < int(port) < 65536:
             log.info("refusing a port-forward stream with headers {headers}", headers=headers)
             self.server.reset(stream_id)
             return
-        request = headers.get("requestid") or str(stream_id if kind == "error" else stream_id - 2)
+        request = headers.get("requestid") or str(stream_id if kind is StreamType.ERROR else stream_id - 2)
         pair = self.pairs.get(request)
         if pair is None:
             pair = self.pairs[request] = _Pair(request, int(port))
