@@ -13,7 +13,7 @@ from typing import Protocol
 
 from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
-from podshell.auth.policy import VERBS, Access, Decision
+from podshell.auth.policy import VERBS, Access, Decision, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Placement
 from podshell.core.denial import DenialKind
@@ -70,7 +70,7 @@ class Gate:
         self.audit.denied(request, reason)
         return Denied(message, kind)
 
-    def locate(self, identity: Identity, text: str, peer: str, via: str, verb: str | None = None) -> Target:
+    def locate(self, identity: Identity, text: str, peer: str, via: str, verb: Verb | None = None) -> Target:
         """The target C{text} names, if C{identity} may learn of it.
 
         With no C{verb} (at login), the identity must be allowed some verb
@@ -78,7 +78,7 @@ class Gate:
         """
         request = Request(identity, peer, via, verb or "login", text)
         # A login gets a session, never logs: any other verb will do.
-        verbs = [verb] if verb else [v for v in VERBS if v != "logs"]
+        verbs: list[Verb] = [verb] if verb else [v for v in VERBS if v != "logs"]
         asked = Access(identity, verbs[0], "", "", source=ip_of(peer))
 
         def allowed(ns: str, pod: str, container: str | None) -> bool:
@@ -106,7 +106,7 @@ class Gate:
     def enter(
         self,
         identity: Identity,
-        verb: str,
+        verb: Verb,
         target: str | Target,
         peer: str,
         via: str,

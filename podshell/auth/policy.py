@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -19,7 +19,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PHRASES = {"logs": "read logs"}
 
 
-VERBS = ("exec", "attach", "port-forward", "logs")
+Verb = Literal["exec", "attach", "port-forward", "logs"]
+VERBS: tuple[Verb, ...] = get_args(Verb)
 
 
 class Rule(StrictModel):
@@ -69,7 +70,7 @@ class Access:
     pod-wide verbs (port-forward)."""
 
     identity: Identity
-    verb: str
+    verb: Verb
     namespace: str
     pod: str
     container: str | None = None

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
-from podshell.auth.policy import VERBS, Access
+from podshell.auth.policy import VERBS, Access, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Nodes, Placement
 from podshell.core.denial import answer
@@ -96,7 +96,7 @@ class KubeAPI:
                 return lambda r: self.port_forward(r, ns, pod)
             if sub == "log":
                 return (lambda r: self.logs(r, ns, pod)) if method == "GET" else None
-            verb = sub
+            verb: Verb = "exec" if sub == "exec" else "attach"  # all the pattern leaves
             return lambda r: self.command(r, ns, pod, verb)
         return None
 
@@ -143,11 +143,11 @@ class KubeAPI:
         raise HTTPError(404, "NotFound", f'namespaces "{name}" not found', details={"name": name, "kind": "namespaces"})
 
     def _may_know(self, request: Request, namespace: str, name: str) -> bool:
-        access = Access(request.identity, "", namespace, name, source=ip_of(request.peer))
+        access = Access(request.identity, VERBS[0], namespace, name, source=ip_of(request.peer))
         return any(self.gate.policy.decide(replace(access, verb=verb)) for verb in VERBS)
 
     # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
-    def command(self, request: Request, namespace: str, name: str, verb: str) -> Upgrade:
+    def command(self, request: Request, namespace: str, name: str, verb: Verb) -> Upgrade:
         command: list[str] | None = None
         if verb == "exec":
             command = request.query.get("command", [])
@@ -296,7 +296,7 @@ class KubeAPI:
         return switch
 
     def _enter(
-        self, request: Request, verb: str, target: Target, command: list[str] | None, resolve: Resolve | None = None
+        self, request: Request, verb: Verb, target: Target, command: list[str] | None, resolve: Resolve | None = None
     ) -> Grant:
         try:
             peer, via = request.peer, "api"
