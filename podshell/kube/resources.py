@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -172,7 +173,7 @@ class KubeAPI:
             start = lambda sink: self.cluster.process(granted, argv, sink, env=env, tty=options.tty)  # noqa: E731
         else:
             start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731
-        if upgrade == "websocket":
+        if upgrade is Transport.WEBSOCKET:
             app = ChannelCommand(protocol, options, granted.session, command, start)
             hold = STREAMS_NOT_READY_HOLD if _reads_before_its_streams(request.header("user-agent") or "") else 0.0
             return self._websocket(request, protocol, app, hold)
@@ -207,7 +208,7 @@ class KubeAPI:
                 self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False)
             )
             return self._websocket(request, protocol, tunnel)
-        if upgrade == "websocket":
+        if upgrade is Transport.WEBSOCKET:
             app = ChannelPortForward(ports, protocol == rc.V4_B64, connect, pod, granted.session)
             return self._websocket(request, protocol, app)
         report = _errors_are_harmless(request.header("user-agent") or "")
@@ -308,17 +309,24 @@ class KubeAPI:
             raise HTTPError(said.status, said.reason, str(e)) from None
 
 
-def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[str, str]:
-    """The upgrade (websocket or spdy/3.1) and the stream protocol: the first
-    of the client's that we support (apimachinery's rule)."""
+class Transport(Enum):
+    """What a streaming request upgrades to (its C{Upgrade} header, lower-cased)."""
+
+    WEBSOCKET = "websocket"
+    SPDY = "spdy/3.1"
+
+
+def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[Transport, str]:
+    """The upgrade and the stream protocol: the first of the client's that
+    we support (apimachinery's rule)."""
     upgrade = request.upgrade
-    if upgrade == "websocket":
+    if upgrade == Transport.WEBSOCKET.value:
         offered = request.header_values("sec-websocket-protocol")
         protocol = rc.choose(offered, websocket_protocols) if offered else ""
         if protocol is None:
             raise _unsupported(websocket_protocols)
-        return upgrade, protocol
-    if upgrade == "spdy/3.1":
+        return Transport.WEBSOCKET, protocol
+    if upgrade == Transport.SPDY.value:
         offered = request.header_values("x-stream-protocol-version")
         if not offered:
             raise HTTPError(
@@ -327,7 +335,7 @@ def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols:
         protocol = rc.choose(offered, spdy_protocols)
         if protocol is None:
             raise _unsupported(spdy_protocols)
-        return upgrade, protocol
+        return Transport.SPDY, protocol
     raise HTTPError(400, "BadRequest", "Upgrade request required: use a WebSocket or SPDY/3.1 client such as kubectl")
 
 
