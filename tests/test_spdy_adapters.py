@@ -1,9 +1,11 @@
-"""The SPDY port-forward adapter over real loopback TCP: a client that resets
-its streams at awkward moments must never make us send on a finished stream."""
+"""The SPDY adapters (port-forward, exec) over real loopback TCP: a client
+that resets or breaks its streams at awkward moments must never make us
+send on a finished stream."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 import pytest
 import pytest_twisted
@@ -16,10 +18,16 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from podshell.auth.audit import AuditLog, Request
-from podshell.kube.spdy import SpdyPortForward, SpdyServer
+from podshell.auth.gate import Gate
+from podshell.auth.identity import Identity
+from podshell.auth.policy import Policy, Rule
+from podshell.gateway.routing import Cluster
+from podshell.kube.spdy import SpdyCommand, SpdyPortForward, SpdyServer, StreamHandler
+from podshell.node.inprocess import LocalNode
+from podshell.protocols import remotecommand as rc
 from podshell.protocols import spdy
 
-from .conftest import sleep
+from .conftest import needs_root, pod, sleep, wait_for
 
 
 class _Client(Protocol):
@@ -94,10 +102,15 @@ async def _forward(audit: AuditLog, pod_port: int):
         return connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", pod_port), factory.buildProtocol(None))
 
     session = audit.session(Request(None, "127.0.0.1:1", "api", "port-forward", "team-a/web-0"))
+    return await _serve(lambda s: SpdyPortForward(s, connect, "team-a/web-0", session, True))
+
+
+async def _serve(handler: Callable[[SpdyServer], StreamHandler]):
+    """A SPDY server on loopback whose streams go to C{handler}, and a client on it."""
     servers: list[SpdyServer] = []
 
     def make() -> SpdyServer:
-        server = SpdyServer(reactor, lambda s: SpdyPortForward(s, connect, "team-a/web-0", session, True))
+        server = SpdyServer(reactor, handler)
         servers.append(server)
         return server
 
@@ -174,3 +187,50 @@ async def test_reset_while_the_pod_keeps_talking(audit, failures):
         await client.lost
         await maybeDeferred(listener.stopListening)
         await maybeDeferred(pod.stopListening)
+
+
+@needs_root
+@pytest_twisted.ensureDeferred
+async def test_exec_that_fails_while_its_command_still_writes(start_pods, spawner, audit, failures):
+    """A resize stream that cannot be read ends the session with an error: the command,
+    which was still writing, is hung up, and nothing follows our FINs."""
+    runtime = await start_pods([pod("web-0", {"name": "app", "command": ["sleep", "600"]}, namespace="team-a")])
+    policy = Policy([Rule(subjects=["user:alice"], verbs=["exec"], namespaces=["team-a"])])
+    cluster = Cluster([LocalNode("podshell", runtime, spawner)])
+    argv = ["sh", "-c", "while :; do echo x; sleep 0.01; done"]
+    granted = Gate(cluster, policy, audit).enter(Identity("alice"), "exec", "team-a/web-0", "127.0.0.1:1", "api", argv)
+    options = rc.StreamOptions.fromQuery({"stdout": ["1"], "tty": ["1"]})
+    commands: list[SpdyCommand] = []
+
+    def handler(server: SpdyServer) -> SpdyCommand:
+        start = lambda sink: cluster.process(granted, argv, sink, tty=True)  # noqa: E731
+        commands.append(SpdyCommand(server, rc.V4, options, granted.session, argv, start))
+        return commands[-1]
+
+    listener, client, servers = await _serve(handler)
+    try:
+        ids = {kind: client.core.open_stream({"streamtype": kind}) for kind in ("error", "stdout", "resize")}
+        client.send()
+        await client.until(
+            lambda: any(isinstance(e, spdy.Data) and e.stream_id == ids["stdout"] for e in client.events)
+        )
+        client.core.send_data(ids["resize"], b"x" * 5000)  # no JSON, and too long to become any
+        client.send()
+        finished = {ids["error"], ids["stdout"]}
+        await client.until(
+            lambda: finished <= {e.stream_id for e in client.events if isinstance(e, spdy.Data) and e.fin}
+        )
+        error = b"".join(e.data for e in client.events if isinstance(e, spdy.Data) and e.stream_id == ids["error"])
+        assert b"bad resize message" in error
+        target = commands[0].session.target
+        assert target is not None
+        await wait_for(lambda: target.status is not None)  # hung up, not left running
+        await sleep(0.1)  # what it wrote meanwhile is dropped, not sent after the FIN
+        assert _no_late_data(client)
+        gc.collect()
+        assert failures == []
+    finally:
+        for server in servers:
+            server.close()
+        await client.lost
+        await maybeDeferred(listener.stopListening)
