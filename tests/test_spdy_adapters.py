@@ -234,3 +234,27 @@ async def test_exec_that_fails_while_its_command_still_writes(start_pods, spawne
             server.close()
         await client.lost
         await maybeDeferred(listener.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unidirectional_streams_are_refused(audit, failures):
+    """Every Kubernetes stream is answered on: one we could not answer is reset, the connection goes on."""
+    listener, client, servers = await _forward(audit, 1)
+    try:
+        sid = client.core.open_stream({"streamtype": "data", "port": "80", "requestid": "0"})
+        syn = bytearray(client.core.data_to_send())
+        syn[4] |= spdy.FLAG_UNIDIRECTIONAL
+        assert client.transport is not None
+        client.transport.write(bytes(syn))
+        await client.until(lambda: spdy.StreamReset(sid, spdy.Status.PROTOCOL_ERROR) in client.events)
+        ping = client.core.ping()
+        client.send()
+        await client.until(lambda: spdy.PingAcknowledged(ping) in client.events)
+        assert not any(isinstance(e, spdy.SynReply) for e in client.events)
+        gc.collect()
+        assert failures == []
+    finally:
+        for server in servers:
+            server.close()
+        await client.lost
+        await maybeDeferred(listener.stopListening)
