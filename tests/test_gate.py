@@ -11,6 +11,7 @@ from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy, Rule
+from podshell.core.denial import DenialKind
 from podshell.gateway.routing import Cluster
 from podshell.node.inprocess import LocalNode
 
@@ -75,23 +76,47 @@ async def test_granted_sessions_are_audited_from_start_to_end(gate):
 
 
 @pytest.mark.parametrize(
-    "who, verb, target, message",
+    "who, verb, target, message, kind",
     [
-        (ALICE, "exec", "team-a.web-0.log", "alice may not exec in team-a/web-0/log"),
-        (ALICE, "attach", "team-a/web-0", "alice may not attach in team-a/web-0/app"),
-        (ALICE, "exec", "team-b/db-0", "alice may not exec in team-b/db-0/db"),
-        (ALICE, "exec", "team-a.web-1", "no pod team-a/web-1"),  # allowed there: existence may be told
-        (ALICE, "exec", "team-a/web-0/nope", "pod team-a/web-0 has no container 'nope'"),
-        (ALICE, "exec", "team-a/broken", "container 'app' of pod team-a/broken is not running (Error)"),
-        (EVE, "exec", "team-a.web-1", "eve may not exec in team-a/web-1"),  # not allowed: no hint of existence
-        (EVE, "exec", "team-z/anything", "eve may not exec in team-z/anything"),
-        (ALICE, "exec", "Team-A.web", "invalid target 'Team-A.web': namespace 'Team-A' must be lower-case"),
+        (ALICE, "exec", "team-a.web-0.log", "alice may not exec in team-a/web-0/log", DenialKind.FORBIDDEN),
+        (ALICE, "attach", "team-a/web-0", "alice may not attach in team-a/web-0/app", DenialKind.FORBIDDEN),
+        (ALICE, "exec", "team-b/db-0", "alice may not exec in team-b/db-0/db", DenialKind.FORBIDDEN),
+        (
+            ALICE,
+            "exec",
+            "team-a.web-1",
+            "no pod team-a/web-1",
+            DenialKind.NOT_FOUND,
+        ),  # allowed there: existence may be told
+        (ALICE, "exec", "team-a/web-0/nope", "pod team-a/web-0 has no container 'nope'", DenialKind.INVALID),
+        (
+            ALICE,
+            "exec",
+            "team-a/broken",
+            "container 'app' of pod team-a/broken is not running (Error)",
+            DenialKind.UNAVAILABLE,
+        ),
+        (
+            EVE,
+            "exec",
+            "team-a.web-1",
+            "eve may not exec in team-a/web-1",
+            DenialKind.FORBIDDEN,
+        ),  # not allowed: no hint of existence
+        (EVE, "exec", "team-z/anything", "eve may not exec in team-z/anything", DenialKind.FORBIDDEN),
+        (
+            ALICE,
+            "exec",
+            "Team-A.web",
+            "invalid target 'Team-A.web': namespace 'Team-A' must be lower-case",
+            DenialKind.INVALID,
+        ),
     ],
 )
-def test_denials_are_clear_and_audited(gate, who, verb, target, message):
+def test_denials_are_clear_and_audited(gate, who, verb, target, message, kind):
     with pytest.raises(Denied) as info:
         gate.enter(who, verb, target, "[::1]:4000", "ssh")
-    assert str(info.value).startswith(message)
+    assert str(info.value).startswith(message) and info.value.kind is kind
     (record,) = records(gate)
     assert record["event"] == "denied" and record["user"] == who.name and record["from"] == "[::1]:4000"
     assert record["reason"]

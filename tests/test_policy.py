@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from podshell.auth.identity import Identity
-from podshell.auth.policy import Policy, Rule
+from podshell.auth.policy import Access, Policy, Rule
 
 ALICE = Identity("alice", frozenset({"dev"}))
 BOB = Identity("bob")
@@ -48,24 +48,24 @@ def test_matrix(who):
     for verb, ns, pod, ctr, source in itertools.product(
         VERBS, NAMESPACES, PODS, [*CONTAINERS, None], ["127.0.0.1", "10.1.2.3", "::1"]
     ):
-        decision = POLICY.decide(who, verb, ns, pod, ctr, source)
+        decision = POLICY.decide(Access(who, verb, ns, pod, ctr, source))
         assert bool(decision) == expected(who, verb, ns, pod, ctr, source), (who, verb, ns, pod, ctr, source)
 
 
 def test_reasons_name_the_rule():
-    assert POLICY.decide(ALICE, "exec", "team-a", "web-0", "app").reason == "allowed by policy[0]"
-    assert POLICY.decide(BOB, "exec", "team-a", "db-0", "app").reason == "denied by policy[2]"
-    assert POLICY.decide(BOB, "exec", "team-b", "web-0", "app").reason == "no policy rule allows it"
+    assert POLICY.decide(Access(ALICE, "exec", "team-a", "web-0", "app")).reason == "allowed by policy[0]"
+    assert POLICY.decide(Access(BOB, "exec", "team-a", "db-0", "app")).reason == "denied by policy[2]"
+    assert POLICY.decide(Access(BOB, "exec", "team-b", "web-0", "app")).reason == "no policy rule allows it"
 
 
 def test_nothing_is_allowed_without_rules():
-    assert not Policy([]).decide(ALICE, "exec", "team-a", "web-0", "app")
+    assert not Policy([]).decide(Access(ALICE, "exec", "team-a", "web-0", "app"))
 
 
 def test_sources_need_an_address():
-    assert not POLICY.decide(CAROL, "exec", "x", "y", "z", None)
-    assert not POLICY.decide(CAROL, "exec", "x", "y", "z", "not-an-ip")
+    assert not POLICY.decide(Access(CAROL, "exec", "x", "y", "z", None))
+    assert not POLICY.decide(Access(CAROL, "exec", "x", "y", "z", "not-an-ip"))
 
 
 def test_the_user_message():
-    assert POLICY.message(ALICE, "exec", "team-a", "web-0", "app") == "alice may not exec in team-a/web-0/app"
+    assert POLICY.message(Access(ALICE, "exec", "team-a", "web-0", "app")) == "alice may not exec in team-a/web-0/app"

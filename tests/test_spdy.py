@@ -249,3 +249,95 @@ def _merge(events: list) -> list:
         else:
             out.append(e)
     return out
+
+
+def _opened_by_client(*, fin: bool = False, uni: bool = False) -> tuple[SpdyConnection, SpdyConnection, int]:
+    """A client and a server that has received the client's stream (not replied to)."""
+    client, server = SpdyConnection(client=True), SpdyConnection(client=False)
+    client._next_id = 1
+    stream_id = client.open_stream({"streamtype": "data"}, fin=fin)
+    syn = bytearray(client.data_to_send())
+    if uni:
+        syn[4] |= spdy.FLAG_UNIDIRECTIONAL
+    assert server.receive_data(bytes(syn)) == [SynStream(stream_id, {"streamtype": "data"}, fin, uni)]
+    return client, server, stream_id
+
+
+def _refused(conn: SpdyConnection, call, match: str) -> None:
+    """The misuse raises and queues nothing."""
+    conn.data_to_send()
+    with pytest.raises(spdy.LocalProtocolError, match=match):
+        call()
+    assert conn.data_to_send() == b""
+
+
+def test_data_for_a_stream_never_opened():
+    server = SpdyConnection(client=False)
+    _refused(server, lambda: server.send_data(7, b"x"), "stream 7 is not open")
+
+
+def test_data_before_our_reply():
+    _, server, sid = _opened_by_client()
+    _refused(server, lambda: server.send_data(sid, b"x"), "needs our SYN_REPLY")
+    server.reply(sid)
+    server.send_data(sid, b"x")
+    assert server.data_to_send()
+
+
+def test_data_after_our_fin():
+    client, server, sid = _opened_by_client()
+    server.reply(sid)
+    server.send_data(sid, b"last", fin=True)
+    assert server.is_open(sid)  # the client may still send
+    _refused(server, lambda: server.send_data(sid, b"more"), "closed on our side")
+    _refused(server, lambda: server.send_data(sid, b"", fin=True), "closed on our side")
+    sid2 = client.open_stream({}, fin=True)
+    _refused(client, lambda: client.send_data(sid2, b"x"), "closed on our side")
+
+
+def test_data_on_a_unidirectional_stream_from_the_peer():
+    _, server, sid = _opened_by_client(uni=True)
+    _refused(server, lambda: server.send_data(sid, b"x"), "closed on our side")
+    _refused(server, lambda: server.reply(sid), "unidirectional")
+
+
+def test_data_after_the_peer_reset_the_stream():
+    client, server, sid = _opened_by_client()
+    server.reply(sid)
+    client.receive_data(server.data_to_send())
+    client.reset(sid)
+    assert server.receive_data(client.data_to_send()) == [StreamReset(sid, spdy.Status.CANCEL)]
+    assert not server.is_open(sid)
+    _refused(server, lambda: server.send_data(sid, b"x"), "is not open")
+    _refused(client, lambda: client.send_data(sid, b"x"), "is not open")  # we reset it ourselves
+
+
+def test_data_after_the_stream_closed_both_ways():
+    _, server, sid = _opened_by_client(fin=True)
+    server.reply(sid, fin=True)
+    assert not server.is_open(sid)
+    _refused(server, lambda: server.send_data(sid, b"x"), "is not open")
+
+
+def test_replying_twice():
+    _, server, sid = _opened_by_client()
+    server.reply(sid)
+    _refused(server, lambda: server.reply(sid), "replied to already")
+
+
+def test_replying_to_our_own_stream_or_none():
+    client = SpdyConnection(client=True)
+    sid = client.open_stream({})
+    _refused(client, lambda: client.reply(sid), f"stream {sid} is not one the peer opened")
+    server = SpdyConnection(client=False)
+    _refused(server, lambda: server.reply(9), "stream 9 is not one the peer opened")
+
+
+def test_no_new_stream_after_goaway():
+    client, server = SpdyConnection(client=True), SpdyConnection(client=False)
+    server.go_away()
+    assert client.receive_data(server.data_to_send()) == [GoAway(0, 0)]
+    _refused(client, lambda: client.open_stream({}), "after a GOAWAY")
+    client = SpdyConnection(client=True)
+    client.go_away()
+    _refused(client, lambda: client.open_stream({}), "after a GOAWAY")

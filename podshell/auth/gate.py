@@ -8,13 +8,15 @@ on them, so the gate does not reveal which pods exist to everyone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
-from podshell.auth.policy import VERBS, Decision
+from podshell.auth.policy import VERBS, Access, Decision, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Placement
+from podshell.core.denial import DenialKind
 from podshell.core.target import (
     ContainerNotRunning,
     InvalidTarget,
@@ -42,26 +44,18 @@ class Runtime(Protocol):
 class Decider(Protocol):
     """The policy (a gateway's rules, or a node agent's trust in its gateway)."""
 
-    def decide(
-        self,
-        identity: Identity,
-        verb: str,
-        namespace: str,
-        pod: str,
-        container: str | None = None,
-        source: str | None = None,
-    ) -> Decision: ...
+    def decide(self, access: Access) -> Decision: ...
 
-    def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str: ...
+    def message(self, access: Access) -> str:
+        """The line a denied user sees."""
+        ...
 
 
 class Denied(Exception):
-    """The request may not go on; the message is for the user.  C{kind} says
-    why, for front doors with status codes: C{forbidden}, C{not-found},
-    C{invalid} (a malformed name or an unknown container) or C{unavailable}
-    (not running)."""
+    """The request may not go on; the message is for the user, C{kind} says
+    why (for front doors with status codes: L{podshell.core.denial.answer})."""
 
-    def __init__(self, message: str, kind: str = "forbidden") -> None:
+    def __init__(self, message: str, kind: DenialKind = DenialKind.FORBIDDEN) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -72,32 +66,33 @@ class Gate:
         self.policy = policy
         self.audit = audit
 
-    def _deny(self, request: Request, reason: str, message: str, kind: str = "forbidden") -> Denied:
+    def _deny(self, request: Request, reason: str, message: str, kind: DenialKind = DenialKind.FORBIDDEN) -> Denied:
         self.audit.denied(request, reason)
         return Denied(message, kind)
 
-    def locate(self, identity: Identity, text: str, peer: str, via: str, verb: str | None = None) -> Target:
+    def locate(self, identity: Identity, text: str, peer: str, via: str, verb: Verb | None = None) -> Target:
         """The target C{text} names, if C{identity} may learn of it.
 
         With no C{verb} (at login), the identity must be allowed some verb
         there.  @raise Denied: with the line to show the user.
         """
-        source = ip_of(peer)
         request = Request(identity, peer, via, verb or "login", text)
+        # A login gets a session, never logs: any other verb will do.
+        verbs: list[Verb] = [verb] if verb else [v for v in VERBS if v != "logs"]
+        asked = Access(identity, verbs[0], "", "", source=ip_of(peer))
 
         def allowed(ns: str, pod: str, container: str | None) -> bool:
-            verbs = [verb] if verb else [v for v in VERBS if v != "logs"]  # a login gets a session, never logs
-            return any(self.policy.decide(identity, v, ns, pod, container, source) for v in verbs)
+            there = replace(asked, namespace=ns, pod=pod, container=container)
+            return any(self.policy.decide(replace(there, verb=v)) for v in verbs)
 
         def refusal(ns: str, pod: str, container: str | None) -> str:
-            if verb:
-                return self.policy.message(identity, verb, ns, pod, container)
-            return f"{identity.name} has no access to " + "/".join(p for p in (ns, pod, container) if p)
+            there = replace(asked, namespace=ns, pod=pod, container=container)
+            return self.policy.message(there) if verb else f"{identity.name} has no access to {there.target}"
 
         try:
             target = resolve(text, self.runtime.container_names)
         except InvalidTarget as e:
-            raise self._deny(request, "invalid target", str(e), "invalid") from None
+            raise self._deny(request, "invalid target", str(e), DenialKind.INVALID) from None
         except TargetError as e:
             options = candidates(text)
             if not any(allowed(t.namespace, t.pod, None) for t in options):
@@ -111,7 +106,7 @@ class Gate:
     def enter(
         self,
         identity: Identity,
-        verb: str,
+        verb: Verb,
         target: str | Target,
         peer: str,
         via: str,
@@ -125,24 +120,22 @@ class Gate:
             (which wants it running).
         @raise Denied: with the line to show the user.
         """
-        source = ip_of(peer)
         pod_wide = verb == "port-forward"
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
         request = Request(identity, peer, via, verb, str(wanted), command)
+        pod_access = Access(identity, verb, wanted.namespace, wanted.pod, source=ip_of(peer))
         try:
             handle = (resolve or self.runtime.resolve)(wanted.namespace, wanted.pod, wanted.container)
         except TargetError as e:
-            if not self.policy.decide(identity, verb, wanted.namespace, wanted.pod, None, source):
-                message = self.policy.message(identity, verb, wanted.namespace, wanted.pod, None)
-                raise self._deny(request, str(e), message) from None
+            if not self.policy.decide(pod_access):
+                raise self._deny(request, str(e), self.policy.message(pod_access)) from None
             raise self._deny(request, str(e), self._explained(e), _kind(e)) from None
         container = None if pod_wide else handle.container
-        target_text = f"{handle.namespace}/{handle.pod}" if pod_wide else handle.path
-        request = Request(identity, peer, via, verb, target_text, command)
-        decision = self.policy.decide(identity, verb, handle.namespace, handle.pod, container, source)
+        access = replace(pod_access, namespace=handle.namespace, pod=handle.pod, container=container)
+        request = Request(identity, peer, via, verb, access.target, command)
+        decision = self.policy.decide(access)
         if not decision:
-            message = self.policy.message(identity, verb, handle.namespace, handle.pod, container)
-            raise self._deny(request, decision.reason, message)
+            raise self._deny(request, decision.reason, self.policy.message(access))
         return Grant(handle, self.audit.session(request))
 
     def _explained(self, error: TargetError) -> str:
@@ -152,9 +145,9 @@ class Gate:
         return "; ".join([str(error), *down])
 
 
-def _kind(error: TargetError) -> str:
+def _kind(error: TargetError) -> DenialKind:
     if isinstance(error, NoSuchPod):
-        return "not-found"
+        return DenialKind.NOT_FOUND
     if isinstance(error, ContainerNotRunning):
-        return "unavailable"
-    return "invalid"
+        return DenialKind.UNAVAILABLE
+    return DenialKind.INVALID

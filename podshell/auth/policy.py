@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -19,7 +19,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PHRASES = {"logs": "read logs"}
 
 
-VERBS = ("exec", "attach", "port-forward", "logs")
+Verb = Literal["exec", "attach", "port-forward", "logs"]
+VERBS: tuple[Verb, ...] = get_args(Verb)
 
 
 class Rule(StrictModel):
@@ -63,6 +64,24 @@ class Rule(StrictModel):
 
 
 @dataclass(frozen=True)
+class Access:
+    """One question for a policy: may C{identity} do C{verb} on the target,
+    connecting from C{source} (an IP address)?  C{container} is None for
+    pod-wide verbs (port-forward)."""
+
+    identity: Identity
+    verb: Verb
+    namespace: str
+    pod: str
+    container: str | None = None
+    source: str | None = None
+
+    @property
+    def target(self) -> str:
+        return "/".join(p for p in (self.namespace, self.pod, self.container) if p)
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
     reason: str
@@ -81,21 +100,19 @@ class CompiledRule:
     rule: Rule
     sources: tuple[IPNetwork, ...] | None
 
-    def matches(
-        self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None, source: str | None
-    ) -> bool:
+    def matches(self, access: Access) -> bool:
         r = self.rule
-        if not (identity.subjects & set(r.subjects)):
+        if not (access.identity.subjects & set(r.subjects)):
             return False
-        if "*" not in r.verbs and verb not in r.verbs:
+        if "*" not in r.verbs and access.verb not in r.verbs:
             return False
-        if not (_any(r.namespaces, namespace) and _any(r.pods, pod)):
+        if not (_any(r.namespaces, access.namespace) and _any(r.pods, access.pod)):
             return False
-        if container is not None and not _any(r.containers, container):
+        if access.container is not None and not _any(r.containers, access.container):
             return False
         if self.sources is not None:
             try:
-                address = ipaddress.ip_address(source) if source else None
+                address = ipaddress.ip_address(access.source) if access.source else None
             except ValueError:
                 address = None
             if address is None or not any(address in net for net in self.sources):
@@ -117,21 +134,10 @@ class Policy:
             for i, rule in enumerate(rules)
         ]
 
-    def decide(
-        self,
-        identity: Identity,
-        verb: str,
-        namespace: str,
-        pod: str,
-        container: str | None = None,
-        source: str | None = None,
-    ) -> Decision:
-        """May C{identity} do C{verb} on the target, connecting from C{source}
-        (an IP address)?  C{container} is None for pod-wide verbs
-        (port-forward)."""
+    def decide(self, access: Access) -> Decision:
         allowed_by = None
         for compiled in self._rules:
-            if compiled.matches(identity, verb, namespace, pod, container, source):
+            if compiled.matches(access):
                 if compiled.rule.effect == "deny":
                     return Decision(False, f"denied by policy[{compiled.index}]")
                 allowed_by = allowed_by if allowed_by is not None else compiled.index
@@ -139,7 +145,6 @@ class Policy:
             return Decision(False, "no policy rule allows it")
         return Decision(True, f"allowed by policy[{allowed_by}]")
 
-    def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str:
+    def message(self, access: Access) -> str:
         """The line a denied user sees."""
-        target = "/".join(p for p in (namespace, pod, container) if p)
-        return f"{identity.name} may not {_PHRASES.get(verb, verb)} in {target}"
+        return f"{access.identity.name} may not {_PHRASES.get(access.verb, access.verb)} in {access.target}"

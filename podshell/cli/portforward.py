@@ -15,11 +15,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Flag, auto
 
 from podshell import __version__
 from podshell.cli import pump
 from podshell.cli.api import API, pod_path
 from podshell.cli.profile import CLIError
+from podshell.core.denial import answer, kind_of_status
 from podshell.protocols import remotecommand as rc
 from podshell.protocols import spdy
 
@@ -27,6 +29,14 @@ BACKOFF_MAX = 8.0
 RECEIVE_TURN = 256 * 1024  # what one turn reads from the server at most
 SEND_QUEUE = 256 * 1024  # local sockets are not read while this much waits for the server
 LOCAL_QUEUE = 1024 * 1024  # the server is not read while a local client has this much to take
+
+
+class Ended(Flag):
+    """Which halves of a forwarded connection have ended; both: it is closed."""
+
+    NEITHER = 0
+    LOCAL = auto()  # the local client's EOF, passed on as our FIN
+    POD = auto()  # the pod's FIN, passed on as a shutdown of the local socket
 
 
 @dataclass
@@ -39,8 +49,7 @@ class _Forwarded:
     data: int
     error: int
     error_text: bytes = b""
-    sent_eof: bool = False
-    got_eof: bool = False
+    ended: Ended = Ended.NEITHER
     to_local: bytearray = field(default_factory=bytearray)  # from the pod, waiting for the local socket
 
 
@@ -87,7 +96,7 @@ class Forwarder:
                     session = self._upgrade()
                     break
                 except CLIError as e:
-                    if e.status is not None and e.status in (401, 403, 404):
+                    if e.status is not None and _lasting(e.status):
                         raise
                     print(f"podshell: {e}", file=sys.stderr, flush=True)
             print("Reconnected", file=sys.stderr, flush=True)
@@ -157,7 +166,7 @@ class Forwarder:
         session.sock.setblocking(False)
         self._flush(session)  # what answered the upgrade's leftovers
         try:
-            while True:
+            while not session.core.closed:  # a GOAWAY in the leftovers: no stream may be opened
                 self._interests(session)
                 for key, events in sel.select():
                     if key.data == "server":
@@ -193,7 +202,7 @@ class Forwarder:
             if stream_id != forwarded.data:
                 continue  # its error stream
             behind = behind or len(forwarded.to_local) >= LOCAL_QUEUE
-            events = selectors.EVENT_READ if take_local and not forwarded.sent_eof else 0
+            events = selectors.EVENT_READ if take_local and Ended.LOCAL not in forwarded.ended else 0
             writable = selectors.EVENT_WRITE if forwarded.to_local else 0
             pump.interest(session.sel, forwarded.sock, events | writable, forwarded)
         events = 0 if behind else selectors.EVENT_READ
@@ -224,16 +233,16 @@ class Forwarder:
         if data:
             session.core.send_data(forwarded.data, data)
             return
-        forwarded.sent_eof = True
+        forwarded.ended |= Ended.LOCAL
         session.core.send_data(forwarded.data, b"", fin=True)
-        if forwarded.got_eof and not forwarded.to_local:
+        if Ended.POD in forwarded.ended and not forwarded.to_local:
             self._close(session, forwarded)
 
     def _to_local(self, session: _Session, forwarded: _Forwarded) -> None:
         """Give the local client what it takes now; after the pod's EOF and the last byte, pass the EOF on."""
         try:
             del forwarded.to_local[: forwarded.sock.send(forwarded.to_local)]
-            if forwarded.got_eof and not forwarded.to_local and not forwarded.sent_eof:
+            if forwarded.ended is Ended.POD and not forwarded.to_local:
                 forwarded.sock.shutdown(socket.SHUT_WR)
         except BlockingIOError:
             return
@@ -241,7 +250,7 @@ class Forwarder:
             session.core.reset(forwarded.data)
             self._close(session, forwarded)
             return
-        if forwarded.got_eof and not forwarded.to_local and forwarded.sent_eof:
+        if forwarded.ended is Ended.LOCAL | Ended.POD and not forwarded.to_local:
             self._close(session, forwarded)
 
     def _from_server(self, session: _Session) -> bool:
@@ -257,7 +266,8 @@ class Forwarder:
                 continue
             if isinstance(event, spdy.Data) and event.stream_id == forwarded.data:
                 forwarded.to_local += event.data
-                forwarded.got_eof = event.fin
+                if event.fin:
+                    forwarded.ended |= Ended.POD
                 self._to_local(session, forwarded)
             elif isinstance(event, spdy.Data):  # the error stream
                 forwarded.error_text += event.data[: 4096 - len(forwarded.error_text)]
@@ -279,6 +289,12 @@ class Forwarder:
     def _flush(session: _Session) -> None:
         session.outgoing += session.core.data_to_send()
         pump.send(session.sock, session.outgoing)
+
+
+def _lasting(status: int) -> bool:
+    """A refusal that the same request, tried again, cannot overcome."""
+    kind = kind_of_status(status)
+    return status == 401 or (kind is not None and answer(kind).lasting)
 
 
 def parse_ports(specs: list[str]) -> list[tuple[int, int]]:

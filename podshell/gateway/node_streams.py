@@ -303,7 +303,7 @@ class _PortTransport:
         return self.ws.tcp.getPeer()
 
     def getHost(self) -> IAddress:
-        return self.ws.tcp.getPeer()
+        return self.ws.tcp.getHost()
 
     def registerProducer(self, producer: object, streaming: bool) -> None:
         self.ws.tcp.registerProducer(producer, streaming)

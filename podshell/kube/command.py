@@ -115,10 +115,13 @@ class CommandSession:
 
     def fail(self, message: str) -> None:
         """End the session with an error the client shows (e.g. a container
-        that went away, streams that never came)."""
+        that went away, streams that never came, a resize stream we cannot
+        read); a target still running is hung up, as when the client goes."""
         if self.ended:
             return
         self.ended = True
+        if self.target is not None and self.target.status is None:
+            self.target.hangup()
         moved = (self.target.bytes_in, self.target.bytes_out) if self.target is not None else (0, 0)
         self.audit.end(f"failed: {message}", *moved)
         self.output.send(rc.ERROR, rc.internal_error(message, self.protocol))

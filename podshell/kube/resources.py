@@ -14,7 +14,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,7 +25,10 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
+from podshell.auth.policy import VERBS, Access, Verb
+from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Nodes, Placement
+from podshell.core.denial import answer
 from podshell.core.target import NoSuchPod, Target, TargetError
 from podshell.kube import logs, objects, websocket
 from podshell.kube.channels import ChannelCommand, ChannelPort, ChannelPortForward
@@ -41,7 +46,6 @@ _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 # How long exec output waits after the upgrade for clients that read before
 # they are ready for it (L{_reads_before_its_streams}).
 STREAMS_NOT_READY_HOLD = 0.02
-_DENIED = {"forbidden": (403, "Forbidden"), "not-found": (404, "NotFound"), "invalid": (400, "BadRequest")}
 # What a node agent needs of the client's upgrade request; the rest (its
 # credentials above all) stays at the gateway.
 _PASSED_ON = (
@@ -93,7 +97,7 @@ class KubeAPI:
                 return lambda r: self.port_forward(r, ns, pod)
             if sub == "log":
                 return (lambda r: self.logs(r, ns, pod)) if method == "GET" else None
-            verb = sub
+            verb: Verb = "exec" if sub == "exec" else "attach"  # all the pattern leaves
             return lambda r: self.command(r, ns, pod, verb)
         return None
 
@@ -140,14 +144,11 @@ class KubeAPI:
         raise HTTPError(404, "NotFound", f'namespaces "{name}" not found', details={"name": name, "kind": "namespaces"})
 
     def _may_know(self, request: Request, namespace: str, name: str) -> bool:
-        source = request.peer.rsplit(":", 1)[0].strip("[]")
-        return any(
-            self.gate.policy.decide(request.identity, verb, namespace, name, None, source)
-            for verb in ("exec", "attach", "port-forward", "logs")
-        )
+        access = Access(request.identity, VERBS[0], namespace, name, source=ip_of(request.peer))
+        return any(self.gate.policy.decide(replace(access, verb=verb)) for verb in VERBS)
 
     # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
-    def command(self, request: Request, namespace: str, name: str, verb: str) -> Upgrade:
+    def command(self, request: Request, namespace: str, name: str, verb: Verb) -> Upgrade:
         command: list[str] | None = None
         if verb == "exec":
             command = request.query.get("command", [])
@@ -172,7 +173,7 @@ class KubeAPI:
             start = lambda sink: self.cluster.process(granted, argv, sink, env=env, tty=options.tty)  # noqa: E731
         else:
             start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731
-        if upgrade == "websocket":
+        if upgrade is Transport.WEBSOCKET:
             app = ChannelCommand(protocol, options, granted.session, command, start)
             hold = STREAMS_NOT_READY_HOLD if _reads_before_its_streams(request.header("user-agent") or "") else 0.0
             return self._websocket(request, protocol, app, hold)
@@ -207,7 +208,7 @@ class KubeAPI:
                 self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False)
             )
             return self._websocket(request, protocol, tunnel)
-        if upgrade == "websocket":
+        if upgrade is Transport.WEBSOCKET:
             app = ChannelPortForward(ports, protocol == rc.V4_B64, connect, pod, granted.session)
             return self._websocket(request, protocol, app)
         report = _errors_are_harmless(request.header("user-agent") or "")
@@ -296,7 +297,7 @@ class KubeAPI:
         return switch
 
     def _enter(
-        self, request: Request, verb: str, target: Target, command: list[str] | None, resolve: Resolve | None = None
+        self, request: Request, verb: Verb, target: Target, command: list[str] | None, resolve: Resolve | None = None
     ) -> Grant:
         try:
             peer, via = request.peer, "api"
@@ -304,21 +305,28 @@ class KubeAPI:
                 peer, via = request.identity.source or peer, f"gateway {request.identity.gateway} ({request.peer})"
             return self.gate.enter(request.identity, verb, target, peer, via, command, resolve)
         except Denied as e:
-            code, reason = _DENIED.get(e.kind, (400, "BadRequest"))
-            raise HTTPError(code, reason, str(e)) from None
+            said = answer(e.kind)
+            raise HTTPError(said.status, said.reason, str(e)) from None
 
 
-def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[str, str]:
-    """The upgrade (websocket or spdy/3.1) and the stream protocol: the first
-    of the client's that we support (apimachinery's rule)."""
+class Transport(Enum):
+    """What a streaming request upgrades to (its C{Upgrade} header, lower-cased)."""
+
+    WEBSOCKET = "websocket"
+    SPDY = "spdy/3.1"
+
+
+def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols: list[str]) -> tuple[Transport, str]:
+    """The upgrade and the stream protocol: the first of the client's that
+    we support (apimachinery's rule)."""
     upgrade = request.upgrade
-    if upgrade == "websocket":
+    if upgrade == Transport.WEBSOCKET.value:
         offered = request.header_values("sec-websocket-protocol")
         protocol = rc.choose(offered, websocket_protocols) if offered else ""
         if protocol is None:
             raise _unsupported(websocket_protocols)
-        return upgrade, protocol
-    if upgrade == "spdy/3.1":
+        return Transport.WEBSOCKET, protocol
+    if upgrade == Transport.SPDY.value:
         offered = request.header_values("x-stream-protocol-version")
         if not offered:
             raise HTTPError(
@@ -327,7 +335,7 @@ def _negotiate(request: Request, websocket_protocols: list[str], spdy_protocols:
         protocol = rc.choose(offered, spdy_protocols)
         if protocol is None:
             raise _unsupported(spdy_protocols)
-        return upgrade, protocol
+        return Transport.SPDY, protocol
     raise HTTPError(400, "BadRequest", "Upgrade request required: use a WebSocket or SPDY/3.1 client such as kubectl")
 
 

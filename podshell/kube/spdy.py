@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Protocol as TypingProtocol
 from typing import cast
 
@@ -70,7 +71,10 @@ class SpdyServer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         assert self.handler is not None
         for event in self.core.receive_data(data):
-            if isinstance(event, spdy.SynStream):
+            if isinstance(event, spdy.SynStream) and event.unidirectional:
+                # Every Kubernetes stream is answered on; one we could not answer is refused.
+                self.core.reset(event.stream_id, spdy.Status.PROTOCOL_ERROR)
+            elif isinstance(event, spdy.SynStream):
                 self.handler.streamOpened(event.stream_id, event.headers)
             elif isinstance(event, spdy.Data):
                 self.handler.streamData(event.stream_id, event.data, event.fin)
@@ -97,10 +101,15 @@ class SpdyServer(Protocol):
 
     # For handlers.
     def reply(self, stream_id: int) -> None:
-        self.core.reply(stream_id)
-        self.flush()
+        """Answer a stream, unless the client reset it already: a reset that
+        came in the same read as the stream is parsed before we answer."""
+        if self.core.is_open(stream_id):
+            self.core.reply(stream_id)
+            self.flush()
 
     def send(self, stream_id: int, data: bytes, fin: bool = False) -> None:
+        """Send on a stream of ours, unless the client reset it meanwhile
+        (then what we had to say is nobody's)."""
         if self.core.is_open(stream_id):
             self.core.send_data(stream_id, data, fin)
             self.flush()
@@ -128,7 +137,34 @@ class SpdyServer(Protocol):
             self.transport.write(out)
 
 
-_STREAM_NAMES = {rc.STDOUT: "stdout", rc.STDERR: "stderr", rc.ERROR: "error"}
+class StreamType(StrEnum):
+    """A Kubernetes SPDY stream's C{streamtype} header."""
+
+    ERROR = "error"
+    STDIN = "stdin"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    RESIZE = "resize"
+    DATA = "data"  # port-forward's bytes
+
+
+def stream_type(headers: spdy.Headers) -> StreamType | None:
+    """The stream's type; None for one we do not know."""
+    try:
+        return StreamType(headers.get("streamtype", ""))
+    except ValueError:
+        return None
+
+
+_STREAM_TYPES = {rc.STDOUT: StreamType.STDOUT, rc.STDERR: StreamType.STDERR, rc.ERROR: StreamType.ERROR}
+
+
+class Phase(Enum):
+    """Where an exec or attach over SPDY is."""
+
+    OPENING = "opening"  # waiting for the client's streams
+    RUNNING = "running"
+    FINISHED = "finished"  # our streams have their FIN: nothing more is said
 
 
 class SpdyCommand:
@@ -148,49 +184,53 @@ class SpdyCommand:
         self.server = server
         self.session = CommandSession(self, protocol, options, audit, command)
         self.start = start
-        self.expected = {"error"}
-        for name, wanted in (("stdin", options.stdin), ("stdout", options.stdout), ("stderr", options.stderr)):
+        self.expected = {StreamType.ERROR}
+        for name, wanted in (
+            (StreamType.STDIN, options.stdin),
+            (StreamType.STDOUT, options.stdout),
+            (StreamType.STDERR, options.stderr),
+        ):
             if wanted:
                 self.expected.add(name)
         if options.tty and protocol not in (rc.V1, rc.V2):
-            self.expected.add("resize")
-        self.ids: dict[str, int] = {}
-        self.kinds: dict[int, str] = {}
-        self.started = False
+            self.expected.add(StreamType.RESIZE)
+        self.ids: dict[StreamType, int] = {}
+        self.kinds: dict[int, StreamType] = {}
+        self.phase = Phase.OPENING
         self.timer = server.reactor.callLater(STREAM_CREATION_TIMEOUT, self._timeout)
 
     def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
-        kind = headers.get("streamtype", "")
+        kind = stream_type(headers)
         if kind in self.ids:
             self.server.reset(stream_id, spdy.Status.PROTOCOL_ERROR)
             return
         self.server.reply(stream_id)
-        if kind not in self.expected:
-            log.info("ignoring an exec stream of type {kind!r}", kind=kind)
+        if kind is None or kind not in self.expected:
+            log.info("ignoring an exec stream of type {kind!r}", kind=headers.get("streamtype", ""))
             return
         self.ids[kind] = stream_id
         self.kinds[stream_id] = kind
-        if not self.started and self.expected <= self.ids.keys():
-            self.started = True
+        if self.phase is Phase.OPENING and self.expected <= self.ids.keys():
+            self.phase = Phase.RUNNING
             self.timer.cancel()
             assert self.server.valve is not None
             self.session.begin(self.start, self.server.fanout, self.server.valve)
 
     def streamData(self, stream_id: int, data: bytes, fin: bool) -> None:
         kind = self.kinds.get(stream_id)
-        if kind == "stdin":
+        if kind is StreamType.STDIN:
             if data:
                 self.session.stdin(data)
             if fin:
                 self.session.stdin_closed()
-        elif kind == "resize" and data:
+        elif kind is StreamType.RESIZE and data:
             try:
                 self.session.resize(data)
             except ValueError as e:
                 self.session.fail(f"bad resize message: {e}")
 
     def streamReset(self, stream_id: int) -> None:
-        if self.kinds.get(stream_id) == "stdin":
+        if self.kinds.get(stream_id) is StreamType.STDIN:
             self.session.stdin_closed()
 
     def connectionEnded(self) -> None:
@@ -200,22 +240,36 @@ class SpdyCommand:
 
     def _timeout(self) -> None:
         missing = ", ".join(sorted(self.expected - self.ids.keys()))
-        if "error" in self.ids:
+        if StreamType.ERROR in self.ids:
             self.session.fail(f"timed out waiting for the client to create streams ({missing})")
         else:
             self.server.close()
 
     # Output
     def send(self, channel: int, data: bytes) -> None:
-        stream_id = self.ids.get(_STREAM_NAMES[channel])
-        if stream_id is not None:
+        """What the target says after the session ended (it may still be
+        writing when a failure ends it) is dropped."""
+        stream_id = self.ids.get(_STREAM_TYPES[channel])
+        if stream_id is not None and self.phase is not Phase.FINISHED:
             self.server.send(stream_id, data)
 
     def finish(self) -> None:
-        for name in ("stdout", "stderr", "error"):
+        if self.phase is Phase.FINISHED:
+            return
+        self.phase = Phase.FINISHED
+        for name in (StreamType.STDOUT, StreamType.STDERR, StreamType.ERROR):
             if name in self.ids:
                 self.server.send(self.ids[name], b"", fin=True)
         self.server.close_soon()
+
+
+class PairState(Enum):
+    """Where one forwarded connection is."""
+
+    OPENING = "opening"  # waiting for its other stream
+    CONNECTING = "connecting"  # both streams are here; the pod's port is being connected to
+    OPEN = "open"
+    ENDED = "ended"  # both streams have our FIN (or are gone): nothing more is sent
 
 
 @dataclass
@@ -226,10 +280,11 @@ class _Pair:
     port: int
     error: int | None = None
     data: int | None = None
-    backend: Backend | None = None
-    pending: list[bytes] = field(default_factory=list)
-    client_done: bool = False
-    timer: IDelayedCall | None = None
+    state: PairState = PairState.OPENING
+    backend: Backend | None = None  # while OPEN
+    pending: list[bytes] = field(default_factory=list)  # from the client while CONNECTING
+    client_done: bool = False  # the client's FIN came while CONNECTING
+    timer: IDelayedCall | None = None  # while OPENING
 
 
 class SpdyPortForward:
@@ -249,12 +304,12 @@ class SpdyPortForward:
         self.moved = [0, 0]
 
     def streamOpened(self, stream_id: int, headers: spdy.Headers) -> None:
-        kind, port = headers.get("streamtype"), headers.get("port", "")
-        if kind not in ("error", "data") or not port.isdigit() or not 0 < int(port) < 65536:
+        kind, port = stream_type(headers), headers.get("port", "")
+        if kind not in (StreamType.ERROR, StreamType.DATA) or not port.isdigit() or not 0 < int(port) < 65536:
             log.info("refusing a port-forward stream with headers {headers}", headers=headers)
             self.server.reset(stream_id)
             return
-        request = headers.get("requestid") or str(stream_id if kind == "error" else stream_id - 2)
+        request = headers.get("requestid") or str(stream_id if kind is StreamType.ERROR else stream_id - 2)
         pair = self.pairs.get(request)
         if pair is None:
             pair = self.pairs[request] = _Pair(request, int(port))
@@ -272,13 +327,15 @@ class SpdyPortForward:
 
     def _open(self, pair: _Pair) -> None:
         assert self.server.valve is not None
+        pair.state = PairState.CONNECTING
         d = open_backend(self.connect, pair.port, _PairRelay(self, pair), self.server.valve, pair.request)
         d.addCallbacks(self._connected, self._failed, callbackArgs=(pair,), errbackArgs=(pair,))
 
     def _connected(self, backend: Backend, pair: _Pair) -> None:
-        if pair.request not in self.pairs:  # the client gave up meanwhile
+        if pair.state is PairState.ENDED:  # the client gave up meanwhile
             backend.tcp.loseConnection()
             return
+        pair.state = PairState.OPEN
         pair.backend = backend
         self.server.fanout.add(backend.tcp)
         for data in pair.pending:
@@ -290,7 +347,7 @@ class SpdyPortForward:
     def _failed(self, failure: Failure, pair: _Pair) -> None:
         text = failure_text(pair.port, self.pod, failure)
         log.info("port-forward: {text}", text=text)
-        if self.report_errors and pair.error is not None:
+        if self.report_errors and pair.error is not None and pair.state is not PairState.ENDED:
             self.server.send(pair.error, text.encode())
         self._end(pair)
 
@@ -303,12 +360,13 @@ class SpdyPortForward:
         pair = self.streams.get(stream_id)
         if pair is None or stream_id != pair.data:
             return  # the client writes nothing on error streams
-        if pair.backend is not None:
+        if pair.state is PairState.OPEN:
+            assert pair.backend is not None
             if data:
                 pair.backend.write(data)
             if fin:
                 pair.backend.halfClose()
-        else:
+        elif pair.state is not PairState.ENDED:
             pair.pending.append(data)
             pair.client_done = fin
 
@@ -323,13 +381,17 @@ class SpdyPortForward:
         self.audit.end("closed", *self.moved)
 
     def backendData(self, pair: _Pair, data: bytes) -> None:
-        if pair.data is not None:
+        """What the pod sends; after the pair ended (a node's stream may
+        still deliver a little after we closed it) it is nobody's."""
+        if pair.state is PairState.OPEN and pair.data is not None:
             self.server.send(pair.data, data)
 
     def _end(self, pair: _Pair) -> None:
         """FIN both streams (a no-op for streams already gone) and forget the pair."""
-        if self.pairs.pop(pair.request, None) is None:
+        if pair.state is PairState.ENDED:
             return
+        pair.state = PairState.ENDED
+        del self.pairs[pair.request]
         if pair.timer is not None and pair.timer.active():
             pair.timer.cancel()
         for stream_id in (pair.data, pair.error):

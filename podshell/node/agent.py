@@ -15,7 +15,7 @@ import h11
 from twisted.internet.interfaces import ITransport
 
 from podshell.auth.identity import Identity, OnBehalf
-from podshell.auth.policy import Decision
+from podshell.auth.policy import Access, Decision
 from podshell.kube.front import Authenticate, HTTPError
 from podshell.pki.cluster_ca import describe
 
@@ -50,16 +50,8 @@ def gateway_requests() -> Authenticate:
 class TrustGateway:
     """The node agent's policy: the gateway decided already."""
 
-    def decide(
-        self,
-        identity: Identity,
-        verb: str,
-        namespace: str,
-        pod: str,
-        container: str | None = None,
-        source: str | None = None,
-    ) -> Decision:
+    def decide(self, access: Access) -> Decision:
         return Decision(True, "allowed by the gateway")
 
-    def message(self, identity: Identity, verb: str, namespace: str, pod: str, container: str | None) -> str:
-        return f"{identity.name} may not {verb} in {namespace}/{pod}"
+    def message(self, access: Access) -> str:
+        return f"{access.identity.name} may not {access.verb} in {access.namespace}/{access.pod}"

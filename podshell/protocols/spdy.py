@@ -81,6 +81,11 @@ class ProtocolError(Exception):
     """What the peer sent breaks the connection's framing or compression."""
 
 
+class LocalProtocolError(Exception):
+    """What we were asked to send breaks SPDY (a bug in the caller, as
+    wsproto and h2 raise it): nothing is queued."""
+
+
 Headers = dict[str, str]  # several values of one name are joined with NUL
 
 
@@ -150,6 +155,7 @@ Event = SynStream | SynReply | HeadersReceived | Data | StreamReset | PingAcknow
 class _Stream:
     local_closed: bool = False
     remote_closed: bool = False
+    replied: bool = True  # a stream the peer opened waits for our SYN_REPLY
 
 
 @dataclass
@@ -188,6 +194,8 @@ class SpdyConnection:
 
     def open_stream(self, headers: Headers, fin: bool = False) -> int:
         """Send SYN_STREAM; returns the new stream's id."""
+        if self.closed:
+            raise LocalProtocolError("no new stream after a GOAWAY")
         stream_id = self._next_id
         self._next_id += 2
         self._streams[stream_id] = _Stream(local_closed=fin)
@@ -198,6 +206,12 @@ class SpdyConnection:
 
     def reply(self, stream_id: int, headers: Headers | None = None, fin: bool = False) -> None:
         """Send SYN_REPLY to a stream the peer opened."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream_id % 2 == self._next_id % 2:
+            raise LocalProtocolError(f"stream {stream_id} is not one the peer opened and still has")
+        if stream.replied:
+            raise LocalProtocolError(f"stream {stream_id} was replied to already, or is unidirectional")
+        stream.replied = True
         self._control(
             FrameType.SYN_REPLY, FLAG_FIN if fin else 0, struct.pack(">I", stream_id) + self._compress(headers or {})
         )
@@ -206,6 +220,7 @@ class SpdyConnection:
 
     def send_data(self, stream_id: int, data: bytes, fin: bool = False) -> None:
         """Send DATA frames of at most L{MAX_DATA_CHUNK} bytes (with FIN on the last)."""
+        self._sendable(stream_id)
         view = memoryview(data)
         while len(view) > MAX_DATA_CHUNK:
             self._data_frame(stream_id, 0, view[:MAX_DATA_CHUNK])
@@ -231,7 +246,17 @@ class SpdyConnection:
             self.closed = True
 
     def is_open(self, stream_id: int) -> bool:
+        """Whether the stream is still there: neither reset nor closed both ways."""
         return stream_id in self._streams
+
+    def _sendable(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is not open (never opened, reset, or closed)")
+        if stream.local_closed:
+            raise LocalProtocolError(f"stream {stream_id} is closed on our side (FIN sent, or unidirectional)")
+        if not stream.replied:
+            raise LocalProtocolError(f"stream {stream_id} needs our SYN_REPLY before data")
 
     def _data_frame(self, stream_id: int, flags: int, payload: memoryview | bytes) -> None:
         self._out.append(struct.pack(">IB", stream_id & 0x7FFFFFFF, flags) + len(payload).to_bytes(3, "big"))
@@ -389,7 +414,7 @@ class SpdyConnection:
             self.reset(stream_id, Status.REFUSED_STREAM)
             events.append(StreamReset(stream_id, Status.REFUSED_STREAM, by_peer=False))
             return
-        self._streams[stream_id] = _Stream(local_closed=uni, remote_closed=fin)
+        self._streams[stream_id] = _Stream(local_closed=uni, remote_closed=fin, replied=uni)
         events.append(SynStream(stream_id, headers, fin, uni))
 
     @staticmethod
