@@ -108,11 +108,54 @@ def test_a_node_agent_lets_only_gateways_in(certs, who, ca, role, why):
     assert server.refused[-1:] == ([why] if why else [])
 
 
+def session(client: SSL.Connection, server: SSL.Connection) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Each side handshakes, then the client asks and the server answers,
+    through memory: the TLS error each side saw, and what each received.
+    Under TLS 1.3 the client finishes first; the server's verdict reaches
+    it as an alert on its first read."""
+    server.set_accept_state()
+    errors: dict[str, str] = {}
+    received = {"client": b"", "server": b""}
+    asked = answered = False
+    for _ in range(20):
+        for name, side, peer in (("client", client, server), ("server", server, client)):
+            if name in errors:
+                continue
+            try:
+                side.do_handshake()
+                if name == "client" and not asked:
+                    asked = bool(side.send(b"GET /api/v1/pods"))
+                elif name == "server" and received["server"] and not answered:
+                    answered = bool(side.send(b"pods"))
+                received[name] += side.recv(65536)
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as e:
+                errors[name] = str(e)
+            with contextlib.suppress(SSL.WantReadError, SSL.Error):
+                peer.bio_write(side.bio_read(65536))
+    return errors, received
+
+
 def test_a_node_agent_refuses_a_client_without_a_certificate(certs):
     ctx = SSL.Context(SSL.TLS_METHOD)
     client = SSL.Connection(ctx, None)
     client.set_connect_state()
-    assert handshake(client, node(certs).serverConnectionForTLS(None)) is not None
+    errors, received = session(client, node(certs).serverConnectionForTLS(None))
+    assert errors == {
+        "server": "[('SSL routines', '', 'peer did not return a certificate')]",
+        "client": "[('SSL routines', '', 'tlsv13 alert certificate required')]",
+    }
+    assert received == {"client": b"", "server": b""}
+
+
+def test_the_session_check_sees_what_a_gateway_is_served(certs):
+    """The control for the refusals above: a gateway asks and is answered."""
+    _, client = dial(certs, "node-1", "10.0.0.2")
+    assert session(client, node(certs).serverConnectionForTLS(None)) == (
+        {},
+        {"client": b"pods", "server": b"GET /api/v1/pods"},
+    )
 
 
 def test_a_certificate_for_another_role_is_a_configuration_error(certs):
