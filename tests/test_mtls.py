@@ -33,81 +33,6 @@ def identity(certs: Path, ca: str, name: str, role: pki.Role) -> ClusterIdentity
     return ClusterIdentity.load(certs / "ca" / "ca.crt", d / f"{name}.crt", d / f"{name}.key", role)
 
 
-def handshake(client: SSL.Connection, server: SSL.Connection) -> str | None:
-    """Run a handshake through memory; None when it succeeds, else the error."""
-    server.set_accept_state()
-    for _ in range(20):
-        done = 0
-        for side, peer in ((client, server), (server, client)):
-            try:
-                side.do_handshake()
-                done += 1
-            except SSL.WantReadError:
-                pass
-            except SSL.Error as e:
-                return str(e)
-            with contextlib.suppress(SSL.WantReadError):
-                peer.bio_write(side.bio_read(65536))
-        if done == 2:
-            return None
-    return "no progress"
-
-
-def node(certs: Path, name: str = "node-1", ca: str = "ca") -> NodeServerTLS:
-    return NodeServerTLS(identity(certs, ca, name, "node"))
-
-
-def dial(certs: Path, node_name: str, host: str, who: str = "gw-1", ca: str = "ca", role: pki.Role = "gateway"):
-    tls = NodeClientTLS(identity(certs, ca, who, role), node_name, host)
-    return tls, tls.clientConnectionForTLS(None)
-
-
-def test_a_gateway_reaches_the_node_it_dialled(certs):
-    server = node(certs)
-    tls, client = dial(certs, "node-1", "10.0.0.2")
-    assert handshake(client, server.serverConnectionForTLS(None)) is None
-    assert tls.problem is None
-
-
-@pytest.mark.parametrize(
-    "name, host, problem",
-    [
-        ("node-2", "10.0.0.2", "certificate names 'node-1', not node 'node-2'"),
-        ("node-1", "10.0.0.9", "certificate does not name the address 10.0.0.9"),
-        ("node-1", "node-9.example", "certificate does not name the address node-9.example"),
-    ],
-)
-def test_a_gateway_refuses_a_node_that_is_not_the_one_it_dialled(certs, name, host, problem):
-    tls, client = dial(certs, name, host)
-    assert handshake(client, node(certs).serverConnectionForTLS(None)) is not None
-    assert tls.problem == problem
-
-
-def test_a_gateway_refuses_a_server_from_another_ca_or_with_a_gateway_certificate(certs):
-    tls, client = dial(certs, "node-1", "10.0.0.2")
-    assert handshake(client, node(certs, ca="other").serverConnectionForTLS(None)) is not None
-    assert tls.problem == "its certificate is not from the cluster CA"
-    impostor = NodeServerTLS.__new__(NodeServerTLS)  # a gateway's certificate serving as a node
-    impostor._ctx = identity(certs, "ca", "gw-1", "gateway").context()
-    tls, client = dial(certs, "gw-1", "10.0.0.2")
-    assert handshake(client, SSL.Connection(impostor._ctx, None)) is not None
-    assert tls.problem == "its certificate is not meant for a server (issue it with --role node)"
-
-
-@pytest.mark.parametrize(
-    "who, ca, role, why",
-    [
-        ("node-2", "ca", "node", "certificate 'node-2' is for role node, not gateway"),
-        ("gw-1", "other", "gateway", None),  # refused by the chain check before ours
-    ],
-)
-def test_a_node_agent_lets_only_gateways_in(certs, who, ca, role, why):
-    server = node(certs)
-    _, client = dial(certs, "node-1", "10.0.0.2", who=who, ca=ca, role=role)
-    assert handshake(client, server.serverConnectionForTLS(None)) is not None
-    assert server.refused[-1:] == ([why] if why else [])
-
-
 def session(client: SSL.Connection, server: SSL.Connection) -> tuple[dict[str, str], dict[str, bytes]]:
     """Each side handshakes, then the client asks and the server answers,
     through memory: the TLS error each side saw, and what each received.
@@ -137,25 +62,91 @@ def session(client: SSL.Connection, server: SSL.Connection) -> tuple[dict[str, s
     return errors, received
 
 
+def tls_error(reason: str) -> str:
+    return str([("SSL routines", "", reason)])
+
+
+def refused_by(side: str, alert: str) -> tuple[dict[str, str], dict[str, bytes]]:
+    """What L{session} gives when C{side} refuses the other's certificate:
+    its verify failure, the alert the other side reads, nothing served."""
+    other = "server" if side == "client" else "client"
+    return {side: tls_error("certificate verify failed"), other: tls_error(alert)}, {"client": b"", "server": b""}
+
+
+def node(certs: Path, name: str = "node-1", ca: str = "ca") -> NodeServerTLS:
+    return NodeServerTLS(identity(certs, ca, name, "node"))
+
+
+def dial(certs: Path, node_name: str, host: str, who: str = "gw-1", ca: str = "ca", role: pki.Role = "gateway"):
+    tls = NodeClientTLS(identity(certs, ca, who, role), node_name, host)
+    return tls, tls.clientConnectionForTLS(None)
+
+
+def test_a_gateway_reaches_the_node_it_dialled(certs):
+    server = node(certs)
+    tls, client = dial(certs, "node-1", "10.0.0.2")
+    assert session(client, server.serverConnectionForTLS(None)) == (
+        {},
+        {"client": b"pods", "server": b"GET /api/v1/pods"},
+    )
+    assert tls.problem is None
+
+
+@pytest.mark.parametrize(
+    "name, host, problem",
+    [
+        ("node-2", "10.0.0.2", "certificate names 'node-1', not node 'node-2'"),
+        ("node-1", "10.0.0.9", "certificate does not name the address 10.0.0.9"),
+        ("node-1", "node-9.example", "certificate does not name the address node-9.example"),
+    ],
+)
+def test_a_gateway_refuses_a_node_that_is_not_the_one_it_dialled(certs, name, host, problem):
+    tls, client = dial(certs, name, host)
+    assert session(client, node(certs).serverConnectionForTLS(None)) == refused_by(
+        "client", "tlsv1 alert internal error"
+    )
+    assert tls.problem == problem
+
+
+def test_a_gateway_refuses_a_server_from_another_ca_or_with_a_gateway_certificate(certs):
+    tls, client = dial(certs, "node-1", "10.0.0.2")
+    assert session(client, node(certs, ca="other").serverConnectionForTLS(None)) == refused_by(
+        "client", "tlsv1 alert unknown ca"
+    )
+    assert tls.problem == "its certificate is not from the cluster CA"
+    impostor = NodeServerTLS.__new__(NodeServerTLS)  # a gateway's certificate serving as a node
+    impostor._ctx = identity(certs, "ca", "gw-1", "gateway").context()
+    tls, client = dial(certs, "gw-1", "10.0.0.2")
+    assert session(client, SSL.Connection(impostor._ctx, None)) == refused_by(
+        "client", "tls alert unsupported certificate"
+    )
+    assert tls.problem == "its certificate is not meant for a server (issue it with --role node)"
+
+
+@pytest.mark.parametrize(
+    "who, ca, role, alert, why",
+    [
+        ("node-2", "ca", "node", "tlsv1 alert internal error", "certificate 'node-2' is for role node, not gateway"),
+        ("gw-1", "other", "gateway", "tlsv1 alert unknown ca", None),  # refused by the chain check before ours
+    ],
+)
+def test_a_node_agent_lets_only_gateways_in(certs, who, ca, role, alert, why):
+    server = node(certs)
+    _, client = dial(certs, "node-1", "10.0.0.2", who=who, ca=ca, role=role)
+    assert session(client, server.serverConnectionForTLS(None)) == refused_by("server", alert)
+    assert server.refused[-1:] == ([why] if why else [])
+
+
 def test_a_node_agent_refuses_a_client_without_a_certificate(certs):
     ctx = SSL.Context(SSL.TLS_METHOD)
     client = SSL.Connection(ctx, None)
     client.set_connect_state()
     errors, received = session(client, node(certs).serverConnectionForTLS(None))
     assert errors == {
-        "server": "[('SSL routines', '', 'peer did not return a certificate')]",
-        "client": "[('SSL routines', '', 'tlsv13 alert certificate required')]",
+        "server": tls_error("peer did not return a certificate"),
+        "client": tls_error("tlsv13 alert certificate required"),
     }
     assert received == {"client": b"", "server": b""}
-
-
-def test_the_session_check_sees_what_a_gateway_is_served(certs):
-    """The control for the refusals above: a gateway asks and is answered."""
-    _, client = dial(certs, "node-1", "10.0.0.2")
-    assert session(client, node(certs).serverConnectionForTLS(None)) == (
-        {},
-        {"client": b"pods", "server": b"GET /api/v1/pods"},
-    )
 
 
 def test_a_certificate_for_another_role_is_a_configuration_error(certs):
