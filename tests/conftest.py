@@ -57,11 +57,11 @@ class Collect:
         self.done.callback(status)
 
 
-async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> None:
+async def wait_for(predicate, timeout: float = 10.0, step: float = 0.02, what: str = "a condition") -> None:
     waited = 0.0
     while not predicate():
         if waited > timeout:
-            raise AssertionError("timed out waiting for a condition")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await sleep(step)
         waited += step
 

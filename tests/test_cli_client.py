@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from .conftest import PYTHON, needs_root, pod
-from .podserver import SINK_PORT, SOURCE_PORT, download, pattern
-from .sshserver import PODSERVER, PodshellServer, free_port
-from .test_kube_api import drive_a_shell, upload
+from .podserver import ECHO_PORT, SINK_PORT, SOURCE_PORT, download, pattern
+from .sshserver import PODSERVER, free_port
+from .support.cli import IPV6_LOOPBACK, PODSHELL, Forward, cli
+from .support.cli_server import TOKEN, Server, ca
+from .support.sink import upload
+from .support.terminal import drive_a_shell
+from .support.waiting import wait_until
 
 pytestmark = needs_root
 
-PODSHELL = shutil.which("podshell", path=str(Path(sys.executable).parent))
-TOKEN = "alice-token-0123456789abcdef"
 PODS = [
     pod(
         "web-0",
@@ -36,40 +36,13 @@ PODS = [
     ),
     pod("other", {"name": "main", "command": ["sleep", "3600"]}, namespace="team-b"),
 ]
-USERS = [
-    {"name": "alice", "groups": ["dev"], "tokens": [TOKEN]},
-    {"name": "mallory", "tokens": ["mallory-token-0123456789abcdef"]},
-]
-POLICY = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
-
-
-class Server:
-    """A podshell server that can be restarted on the same port and state."""
-
-    def __init__(self, root: Path, pods: list[dict] = PODS, containers: int = 4) -> None:
-        self.root = root
-        self.pods = pods
-        self.containers = containers
-        self.api_port = free_port()
-        self.url = f"https://127.0.0.1:{self.api_port}"
-        self.start()
-
-    def start(self) -> None:
-        self.proc = PodshellServer(self.root, self.pods, USERS, POLICY, api=f"ssl:{self.api_port}:interface=127.0.0.1")
-        try:
-            self.proc.wait_ready(containers=self.containers)
-        except BaseException:
-            self.proc.stop()
-            raise
-        time.sleep(0.5)  # the pod's servers start listening
-
-    def stop(self) -> None:
-        self.proc.stop()
+# The pod's servers (tests/podserver.py) bind their ports in order, ECHO_PORT last.
+LISTENING = [("team-a/web-0/app", ECHO_PORT)]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("cli"))
+    srv = Server(tmp_path_factory.mktemp("cli"), PODS, 4, LISTENING)
     try:
         yield srv
     finally:
@@ -83,23 +56,6 @@ def home(server, tmp_path_factory):
     r = cli(home, "login", "--server", server.url, "--token", TOKEN, "--certificate-authority", ca(server))
     assert r.returncode == 0, r.stderr
     return home
-
-
-def ca(server: Server) -> str:
-    return str(server.root / "state" / "ca.crt")
-
-
-def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user whose home is C{home} (none of ours leaks in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PODSHELL_", "XDG_"))}
-    return {**env, "HOME": str(home), **extra}
-
-
-def cli(home: Path, *args: str, extra_env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
-    assert PODSHELL, "the podshell console script is installed next to the interpreter"
-    kw.setdefault("capture_output", True)
-    kw.setdefault("timeout", 120)
-    return subprocess.run([PODSHELL, *args], env=cli_env(home, **(extra_env or {})), **kw)
 
 
 def test_login_saves_a_private_profile(server, tmp_path):
@@ -229,41 +185,6 @@ def test_kubeconfig_serves_kubectl(home, tmp_path):
     assert r.stdout == b"via-kubectl\n", r.stderr
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6_LOOPBACK = _has_ipv6_loopback()
-
-
-class Forward:
-    def __init__(self, home: Path, *specs: str, pod: str = "team-a/web-0") -> None:
-        self.proc = subprocess.Popen(
-            [PODSHELL, "port-forward", pod, *specs],
-            env=cli_env(home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        self.local = []
-        for _ in specs:  # kubectl's localhost: both loopbacks, on one port
-            v4 = self.proc.stdout.readline().decode()
-            assert v4.startswith("Forwarding from 127.0.0.1:"), v4
-            if IPV6_LOOPBACK:
-                v6 = self.proc.stdout.readline().decode()
-                assert v6 == v4.replace("127.0.0.1:", "[::1]:"), v6
-            self.local.append(int(v4.split(":")[1].split()[0]))
-
-    def stop(self) -> bytes:
-        self.proc.terminate()
-        return self.proc.communicate(timeout=15)[1]
-
-
 def test_port_forward_concurrent_and_refused(home):
     forward = Forward(home, f":{SOURCE_PORT}", f"0:{SINK_PORT}", "7009")
     source, sink, refused = forward.local
@@ -292,17 +213,16 @@ def test_port_forward_survives_a_server_restart(server, home):
     try:
         assert download(source, 1000)[0] == 1000
         server.stop()
-        time.sleep(1)
+        time.sleep(1)  # the point: the server stays down a while, and the forward must wait it out
         server.start()
-        deadline = time.monotonic() + 30
-        while True:  # the listener stayed; the forward comes back by itself
+
+        def served() -> bool:  # the listener stayed; the forward comes back by itself
             try:
-                if download(source, 1000) == (1000, hashlib.sha256(pattern(1000)).hexdigest()):
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "port-forward did not reconnect"
-            time.sleep(0.3)
+                return download(source, 1000) == (1000, hashlib.sha256(pattern(1000)).hexdigest())
+            except OSError:  # refused or cut while it reconnects
+                return False
+
+        wait_until(served, 30, "the port-forward to reconnect")
         assert forward.proc.poll() is None
     finally:
         err = forward.stop()

@@ -21,11 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from . import podserver
 from .conftest import PYTHON, needs_root, pod
 from .podserver import SINK_PORT, SOURCE_PORT, download, pattern
 from .sshserver import PODSERVER
-from .test_cli_client import PODSHELL, TOKEN, Forward, Server, ca, cli, cli_env
-from .test_kube_api import upload
+from .support.cli import PODSHELL, Forward, cli, cli_env
+from .support.cli_server import TOKEN, Server, ca
+from .support.sink import upload
 
 pytestmark = needs_root
 
@@ -76,7 +78,8 @@ def payload(seed: int, n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("integrity"), PODS, containers=4)
+    listening = [("team-a/data/app", podserver.ECHO_PORT), ("team-a/data/echo", ECHO_PORT)]  # the last of each
+    server = Server(tmp_path_factory.mktemp("integrity"), PODS, 4, listening)
     try:
         home = tmp_path_factory.mktemp("home")
         r = cli(home, "login", "--server", server.url, "--token", TOKEN, "--certificate-authority", ca(server))

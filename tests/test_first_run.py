@@ -22,7 +22,8 @@ from podshell.core.addresses import join
 from .conftest import PYTHON, needs_root, pod
 from .podserver import SINK_PORT
 from .sshserver import PODSERVER, TWISTD, Client, PodshellServer, free_port, keygen, wait_port
-from .test_server import Server, wait_until
+from .support.twistd import Server
+from .support.waiting import wait_until
 
 pytestmark = needs_root
 
@@ -120,7 +121,7 @@ def test_ssh_L_outside_the_pod_fails_at_open_and_the_forward_to_localhost_works(
     )
     try:
         wait_port(inside)
-        wait_until(lambda: _sink(inside).startswith(b"5 "))  # once the pod's server is up
+        wait_until(lambda: _sink(inside).startswith(b"5 "), 15, "the pod's sink to answer")
         with socket.create_connection(("127.0.0.1", local)) as s:
             assert s.recv(100) == b""  # the client closes it when the channel is refused
     finally:

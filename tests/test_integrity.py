@@ -30,8 +30,10 @@ from . import podserver
 from .conftest import PYTHON, needs_root, pod
 from .podserver import ECHO_PORT, RANDOM_PORT, SINK_PORT, randomized
 from .sshserver import PODSERVER, Client, PodshellServer, free_port, keygen, wait_port
-from .test_kube_api import EXEC_CASES, PF_CASES, PortForward, RawWebSocket, kubectl_binary, transport_env
-from .test_nodes import Cluster
+from .support.cluster import Cluster
+from .support.kubectl import EXEC_CASES, PF_CASES, PortForward, kubectl_binary, transport_env
+from .support.waiting import listens_argv, wait_until
+from .support.websocket import RawWebSocket
 
 pytestmark = needs_root
 
@@ -95,11 +97,8 @@ def server(tmp_path_factory):
 
 
 def wait_port_in_pod(ssh: Client, port: int) -> None:
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1).close()"
-    deadline = time.monotonic() + 15
-    while ssh.ssh(TARGET, shlex.join([PYTHON, "-c", probe])).returncode:
-        assert time.monotonic() < deadline, "the pod's servers never listened"
-        time.sleep(0.1)
+    probe = shlex.join(listens_argv(PYTHON, port))
+    wait_until(lambda: ssh.ssh(TARGET, probe).returncode == 0, 15, f"port {port} to listen in the pod")
 
 
 def kubectl(server, *args: str, version: str = "1.33", transport: str = "websocket", **kw):
@@ -154,7 +153,7 @@ def slow_reader(argv: list[str], data: bytes | None = None) -> subprocess.Comple
     out, stalls = bytearray(), 0
     while chunk := proc.stdout.read1(1 << 16):
         out += chunk
-        if len(out) >> 21 > stalls:  # every 2 MiB, stop reading for a moment
+        if len(out) >> 21 > stalls:  # every 2 MiB, stop reading for a moment: the point of a slow reader
             stalls += 1
             time.sleep(0.2)
     for t in threads:
@@ -310,12 +309,12 @@ def test_raw_websocket_exec_every_channel_protocol(server, protocol):
     exec_ = "/api/v1/namespaces/team-a/pods/web-0/exec?"
     query = "&".join(f"command={quote(a)}" for a in emit(MEDIUM, 16385))
     streams: dict[int, bytearray] = {1: bytearray(), 2: bytearray(), 3: bytearray()}
-    for channel, data in raw_messages(RawWebSocket(server, f"{exec_}stdout=1&stderr=1&{query}", protocol), b64):
+    for channel, data in raw_messages(RawWebSocket(server, f"{exec_}stdout=1&stderr=1&{query}", protocol, TOKEN), b64):
         streams[channel] += data
     assert (len(streams[1]), hashlib.sha256(streams[1]).hexdigest()) == (MEDIUM, digest(seeds(MEDIUM)[0], MEDIUM))
     assert (len(streams[2]), hashlib.sha256(streams[2]).hexdigest()) == (16385, digest(seeds(16385)[1], 16385))
     query = "&".join(f"command={quote(a)}" for a in ["sh", "-c", f"head -c {MEDIUM} | sha256sum"])
-    conn = RawWebSocket(server, f"{exec_}stdin=1&stdout=1&{query}", protocol)
+    conn = RawWebSocket(server, f"{exec_}stdin=1&stdout=1&{query}", protocol, TOKEN)
     for piece in podserver.chunks(randomized(51, MEDIUM), 51):
         message = channels.encode(rc.STDIN, bytes(piece), b64)
         conn.send(TextMessage(message) if isinstance(message, str) else BytesMessage(message))
@@ -329,7 +328,7 @@ def test_raw_websocket_port_forward_channel_protocols(server, protocol):
 
     b64 = protocol == rc.V4_B64
     path = f"/api/v1/namespaces/team-a/pods/web-0/portforward?ports={RANDOM_PORT}"
-    conn = RawWebSocket(server, path, protocol)
+    conn = RawWebSocket(server, path, protocol, TOKEN)
     request = channels.encode(0, b"61 %d\n" % MEDIUM, b64)
     conn.send(TextMessage(request) if isinstance(request, str) else BytesMessage(request))
     got, opened = bytearray(), 0
@@ -577,19 +576,13 @@ def test_hop_exec_with_a_slow_reader(hop):
 
 
 HOP_FORWARD = """
-import socket, subprocess, sys, time
+import subprocess
 from podserver import echo, fetch, send
+from sshserver import wait_port
 proc = subprocess.Popen({argv!r}, stdout=subprocess.PIPE)
 try:
     for port in {ports!r}:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no forward"
-                time.sleep(0.05)
+        wait_port(port, 15)
     rand, sink, echo_port = {ports!r}
     print(*fetch(rand, 21, {n}))
     print(send(sink, 22, {n}))
@@ -662,10 +655,12 @@ def test_ssh_sessions_and_forwards_sharing_one_connection(server, tmp_path):
     control = ("-o", f"ControlPath={tmp_path / 'mux'}")
     master = server.ssh.background(TARGET, "-N", "-M", *control)
     try:
-        deadline = time.monotonic() + 15
-        while server.ssh.ssh(TARGET, None, "-O", "check", *control).returncode:
-            assert time.monotonic() < deadline and master.poll() is None, "no master connection"
-            time.sleep(0.05)
+
+        def mastered() -> bool:
+            assert master.poll() is None, master.communicate()
+            return server.ssh.ssh(TARGET, None, "-O", "check", *control).returncode == 0
+
+        wait_until(mastered, 15, "the master connection")
         with ssh_forward(server.ssh, *control) as ports, ThreadPoolExecutor(8) as pool:
             sizes = [16385, MEDIUM, 5 * MEDIUM, SLOW]
             runs = [pool.submit(server.ssh.ssh, TARGET, shlex.join(emit(*out_err(n))), *control) for n in sizes]

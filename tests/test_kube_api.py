@@ -6,14 +6,12 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import socket
 import ssl
 import struct
 import subprocess
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 
@@ -23,37 +21,15 @@ from podshell.protocols import spdy
 from podshell.protocols.spdy import SpdyConnection
 
 from .conftest import PYTHON, needs_root, pod
-from .podserver import SINK_PORT, SOURCE_PORT, download, pattern
-from .sshserver import PodshellServer, free_port
-from .test_ssh import PODSERVER, Terminal
+from .podserver import ECHO_PORT, SINK_PORT, SOURCE_PORT, download, pattern
+from .sshserver import PODSERVER, PodshellServer, free_port
+from .support.kubectl import EXEC_CASES, PF_CASES, PortForward, kubectl_binary, minor, transport_env
+from .support.sink import upload
+from .support.terminal import Terminal, drive_a_shell
+from .support.waiting import listens_argv, wait_until
+from .support.websocket import RawWebSocket
 
 pytestmark = needs_root
-
-KUBECTL_DIR = Path(os.path.realpath(shutil.which("kubectl") or "/usr/bin/kubectl")).parent
-# Debian's kubectl 1.20 (SPDY only), unpacked by scripts/test-deps.sh.
-TOOLS = Path(os.environ.get("PODSHELL_TEST_TOOLS", Path(__file__).parent.parent / ".test-tools"))
-VERSIONS = [
-    "1.20",
-    *sorted((p.name.split("kubectl.")[1] for p in KUBECTL_DIR.glob("kubectl.1.*")), key=lambda v: int(v.split(".")[1])),
-]
-
-
-def minor(version: str) -> int:
-    return int(version.split(".")[1])
-
-
-# WebSocket exec is kubectl's default from 1.30 on; 1.29 has it behind an environment switch.
-WS_VERSIONS = [v for v in VERSIONS if minor(v) >= 29]
-# Every version over SPDY, and over WebSocket where it has it.
-EXEC_CASES = [(v, "spdy") for v in VERSIONS] + [(v, "websocket") for v in WS_VERSIONS]
-# Port-forward over WebSocket (SPDY tunnelled) is opt-in in 1.30, the default from 1.31.
-PF_CASES = [(v, "spdy") for v in VERSIONS] + [(v, "websocket") for v in VERSIONS if minor(v) >= 30]
-
-
-def transport_env(transport: str) -> dict[str, str]:
-    flag = "true" if transport == "websocket" else "false"
-    return {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": flag, "KUBECTL_PORT_FORWARD_WEBSOCKETS": flag}
-
 
 TOKENS = {"alice": "alice-token-0123456789abcdef", "mallory": "mallory-token-0123456789abcdef"}
 
@@ -85,20 +61,15 @@ def api(tmp_path_factory):
     server = PodshellServer(root, pods, users, policy, api=f"ssl:{port}:interface=127.0.0.1")
     try:
         server.wait_ready(containers=5)
-        time.sleep(0.5)  # the pod's servers start listening
         server.api_url = f"https://127.0.0.1:{port}"
         ca = (root / "state" / "ca.crt").read_bytes()
         for user, token in TOKENS.items():
             kubeconfig.write(root / f"{user}.kubeconfig", kubeconfig.render(server.api_url, user, token, ca, "team-a"))
+        probe = ("exec", "web-0", "-c", "app", "--", *listens_argv(PYTHON, ECHO_PORT))  # its last listener
+        wait_until(lambda: kubectl(server, *probe).returncode == 0, 15, "the pod's servers to listen")
         yield server
     finally:
         server.stop()
-
-
-def kubectl_binary(version: str | None) -> str:
-    if version == "1.20":
-        return str(TOOLS / "kubectl.1.20")
-    return str(KUBECTL_DIR / f"kubectl.{version}") if version else "kubectl"
 
 
 def kubectl(api, *args: str, user: str = "alice", version: str | None = None, env: dict | None = None, **kw):
@@ -174,19 +145,6 @@ def test_exec_with_a_terminal_and_resize(api, version, transport):
     env = [f"{k}={v}" for k, v in transport_env(transport).items()]
     argv = ["env", f"KUBECONFIG={config}", *env, kubectl_binary(version), "exec", "-it", "web-0", "-c", "sidecar"]
     drive_a_shell([*argv, "--", "sh"])
-
-
-def drive_a_shell(argv: list[str]) -> None:
-    """A shell under a real terminal: its size, a resize, and its exit code."""
-    term = Terminal(argv, 30, 90)
-    term.send(b"stty size; echo mark-$((40+2))\r")
-    term.expect(b"30 90")
-    term.expect(b"mark-42")
-    term.resize(45, 120)
-    time.sleep(0.5)
-    term.send(b"stty size; exit 4\r")
-    term.expect(b"45 120")
-    assert term.close() == 4
 
 
 @pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
@@ -293,37 +251,6 @@ def test_bad_requests_get_clear_errors(api):
         api, b"GET /api/v1/namespaces/team-a/pods/web-0/exec?command=true HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
     )
     assert b"at least 1 of stdin, stdout, stderr" in out
-
-
-class PortForward:
-    """kubectl port-forward running in the background, with its local ports."""
-
-    def __init__(self, api, version: str, transport: str, *remote: int) -> None:
-        self.local = [free_port() for _ in remote]
-        specs = [f"{lp}:{rp}" for lp, rp in zip(self.local, remote, strict=True)]
-        env = {**os.environ, "KUBECONFIG": str(api.root / "alice.kubeconfig"), **transport_env(transport)}
-        self.proc = subprocess.Popen(
-            [kubectl_binary(version), "port-forward", "web-0", *specs],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert self.proc.stdout is not None
-        for _ in range(2 * len(remote)):  # "Forwarding from 127.0.0.1:L -> R", and from [::1]
-            line = self.proc.stdout.readline()
-            assert line.startswith(b"Forwarding from "), line + self.stop()
-
-    def stop(self) -> bytes:
-        self.proc.terminate()
-        _out, err = self.proc.communicate(timeout=15)
-        return err
-
-
-def upload(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)  # the pod's sink answers after EOF
-        return b"".join(iter(lambda: s.recv(1 << 16), b""))
 
 
 @pytest.mark.parametrize(("version", "transport"), PF_CASES)
@@ -532,10 +459,7 @@ def test_a_vanished_client_leaves_no_process_behind(api):
     ps = ["exec", "web-0", "-c", "sidecar", "--", "sh", "-c", "ps -o args | grep -c '^sleep 1234' || true"]
     assert kubectl(api, *ps).stdout.strip() == b"1"
     conn.sock.close()
-    deadline = time.monotonic() + 10
-    while kubectl(api, *ps).stdout.strip() != b"0":
-        assert time.monotonic() < deadline, "the process outlived its client"
-        time.sleep(0.2)
+    wait_until(lambda: kubectl(api, *ps).stdout.strip() == b"0", 10, "the process to end with its client")
 
 
 def test_bad_streaming_requests_get_clear_errors(api):
@@ -579,41 +503,14 @@ def test_port_forward_streams_with_bad_headers_are_refused(api):
     conn.close()
 
 
-class RawWebSocket:
-    """A hand-driven WebSocket client (wsproto) over TLS."""
-
-    def __init__(self, api, path: str, protocol: str) -> None:
-        from wsproto import WSConnection
-        from wsproto.connection import ConnectionType
-        from wsproto.events import AcceptConnection, Request
-
-        context = ssl.create_default_context(cafile=str(api.root / "state" / "ca.crt"))
-        port = int(api.api_url.rsplit(":", 1)[1])
-        self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
-        self.sock.settimeout(10)
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        auth = [(b"authorization", f"Bearer {TOKENS['alice']}".encode())]
-        self.sock.sendall(self.ws.send(Request(host="x", target=path, subprotocols=[protocol], extra_headers=auth)))
-        assert isinstance(self.next(), AcceptConnection)
-
-    def send(self, event) -> None:
-        self.sock.sendall(self.ws.send(event))
-
-    def next(self):
-        while True:
-            for event in self.ws.events():
-                return event
-            data = self.sock.recv(65536)
-            self.ws.receive_data(data or None)
-            if not data:
-                return None
-
-
 def test_websocket_port_forward_base64_with_pings(api):
     from wsproto.events import CloseConnection, Ping, Pong, TextMessage
 
     conn = RawWebSocket(
-        api, f"/api/v1/namespaces/team-a/pods/web-0/portforward?ports={SOURCE_PORT}", "v4.base64.channel.k8s.io"
+        api,
+        f"/api/v1/namespaces/team-a/pods/web-0/portforward?ports={SOURCE_PORT}",
+        "v4.base64.channel.k8s.io",
+        TOKENS["alice"],
     )
     prefix = base64.b64encode(struct.pack("<H", SOURCE_PORT)).decode()
     assert [conn.next().data, conn.next().data] == ["0" + prefix, "1" + prefix]
@@ -632,7 +529,7 @@ def test_websocket_exec_takes_text_frames_and_answers_pings(api):
     from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 
     path = "/api/v1/namespaces/team-a/pods/web-0/exec?container=sidecar&stdin=true&stdout=true&command=head&command=-c6"
-    conn = RawWebSocket(api, path, "v4.channel.k8s.io")
+    conn = RawWebSocket(api, path, "v4.channel.k8s.io", TOKENS["alice"])
     conn.send(Ping(b"x"))
     conn.send(TextMessage("\x00hel"))  # stdin in a text frame
     conn.send(BytesMessage(b"\x00lo\n"))
@@ -653,8 +550,8 @@ def test_websocket_text_outside_latin1_is_its_utf8_or_a_clear_close(api):
     from wsproto.events import CloseConnection, Message, TextMessage
 
     path = "/api/v1/namespaces/team-a/pods/web-0/exec?container=sidecar&stdin=true&stdout=true&command=head&command=-c4"
-    good = RawWebSocket(api, path, "v4.channel.k8s.io")
-    bad = RawWebSocket(api, path, "v4.base64.channel.k8s.io")
+    good = RawWebSocket(api, path, "v4.channel.k8s.io", TOKENS["alice"])
+    bad = RawWebSocket(api, path, "v4.base64.channel.k8s.io", TOKENS["alice"])
     bad.send(TextMessage("0€"))
     while not isinstance(event := bad.next(), CloseConnection):
         pass

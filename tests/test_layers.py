@@ -1,7 +1,8 @@
 """The module graph flows one way (ARCHITECTURE.md, "Layers"): every import
 in podshell/, at any depth (in functions, under TYPE_CHECKING), goes to the
 module's own layer or a lower one; never sideways between node and gateway;
-the client sees only the wire formats, the core and itself."""
+the client sees only the wire formats, the core and itself.  In tests/, no
+file imports a test module: shared helpers live in tests/support/."""
 
 from __future__ import annotations
 
@@ -111,3 +112,33 @@ def test_every_package_is_installed():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "podshell").rglob("__init__.py")}
     assert found - listed == set(), "add these to setup.cfg [options] packages"
     assert "twisted.plugins" in listed
+
+
+def imports_of_test_modules(root: Path = ROOT) -> list[str]:
+    """Every import of a test module (tests/test_*.py) by another file under tests/."""
+    out = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        for imported in _imports(path, root):
+            parts = imported.split(".")
+            if parts[0] == "tests" and any(p.startswith("test_") for p in parts[1:]):
+                out.append(f"{path.relative_to(root)} imports {imported} (move what it needs to tests/support/)")
+    return out
+
+
+def test_no_test_module_imports_another():
+    """A test module's helpers live in tests/support/: each test file can
+    then change, or run, without breaking another."""
+    found = imports_of_test_modules()
+    assert not found, "\n" + "\n".join(found)
+
+
+def test_the_checker_sees_a_test_module_imported(tmp_path):
+    (tmp_path / "tests" / "support").mkdir(parents=True)
+    for name in ("__init__.py", "test_a.py", "support/__init__.py"):
+        (tmp_path / "tests" / name).write_text("")
+    (tmp_path / "tests" / "test_b.py").write_text("from .test_a import helper\nfrom .support import waiting\n")
+    (tmp_path / "tests" / "support" / "late.py").write_text("def f():\n    from tests import test_a\n")
+    assert imports_of_test_modules(tmp_path) == [
+        "tests/support/late.py imports tests.test_a (move what it needs to tests/support/)",
+        "tests/test_b.py imports tests.test_a (move what it needs to tests/support/)",
+    ]

@@ -25,9 +25,10 @@ from podshell.node.runtime.manifest import Backoff, load_pods
 
 from .conftest import PYTHON, needs_root, pod, pod_yaml, wait_for
 from .sshserver import PodshellServer, free_port
-from .test_kube_api import VERSIONS, kubectl_binary, minor
-from .test_nodes import NODE_PORT, Cluster
-from .test_nodes import TOKEN as TOKEN_GW
+from .support.cluster import NODE_PORT, Cluster
+from .support.cluster import TOKEN as TOKEN_GW
+from .support.kubectl import VERSIONS, kubectl_binary, minor
+from .support.waiting import wait_until
 
 pytestmark = needs_root
 
@@ -118,14 +119,6 @@ def cli(api, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*PODSHELL_LOGS, *connection, *args], capture_output=True, timeout=60)
 
 
-def wait_until(predicate, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for a condition")
-        time.sleep(0.02)
-
-
 def started(api, text: str) -> bool:
     return api.log.read_text().count(text) > 0
 
@@ -135,7 +128,7 @@ def lines(n: int, start: int = 1) -> bytes:
 
 
 def test_every_kubectl_version_reads_logs_with_every_flag(api):
-    wait_until(lambda: b"second run" in kubectl(api, "logs", "crash").stdout)
+    wait_until(lambda: b"second run" in kubectl(api, "logs", "crash").stdout, 20, "the crashed container's second run")
     for version in VERSIONS:
 
         def run(*args: str, version: str = version) -> subprocess.CompletedProcess:
@@ -184,14 +177,18 @@ def test_kubectl_errors_are_the_api_servers(api):
 
 
 def test_the_audit_log_records_who_read_which_logs(api):
+    since = len(api.audit.read_text().splitlines())  # what this case causes, not what earlier ones left
     kubectl(api, "logs", "multi", "-c", "side", "--tail", "1")
     kubectl(api, "logs", "multi", "-c", "side", user="bob")
-    records = [json.loads(line) for line in api.audit.read_text().splitlines()]
-    ends = [r for r in records if r["event"] == "session.end" and r["verb"] == "logs" and r["user"] == "alice"]
-    assert any(r["target"] == "logs/multi/side" and r["command"] == ["tailLines=1"] and r["bytes_out"] == 5
-               for r in ends), ends  # fmt: skip
-    denied = [r for r in records if r["event"] == "denied" and r["user"] == "bob"]
-    assert denied and denied[-1]["verb"] == "logs" and denied[-1]["reason"] == "no policy rule allows it"
+    records = [json.loads(line) for line in api.audit.read_text().splitlines()[since:]]
+    ends = [
+        (r["user"], r["target"], r["command"], r["bytes_out"])
+        for r in records
+        if r["event"] == "session.end" and r["verb"] == "logs"
+    ]
+    assert ends == [("alice", "logs/multi/side", ["tailLines=1"], 5)], records
+    denied = [(r["user"], r["verb"], r["target"], r["reason"]) for r in records if r["event"] == "denied"]
+    assert denied == [("bob", "logs", "logs/multi/side", "no policy rule allows it")], records
 
 
 def test_the_python_client(api):
@@ -262,7 +259,7 @@ def test_follow_streams_as_the_container_writes_and_ends_with_it(api):
         for word in ("one", "two", "three"):
             with (api.root / "feed").open("a") as f:
                 f.write(word + "\n")
-            wait_until(lambda w=word: have(f"fed {w}\n".encode()))
+            wait_until(lambda w=word: have(f"fed {w}\n".encode()), 20, f"every follower to show fed {word}", step=0.02)
         with (api.root / "feed").open("a") as f:
             f.write("quit\n")
         for name, proc in followers.items():
@@ -378,12 +375,15 @@ def test_kubectl_and_the_cli_read_logs_of_a_pod_on_another_node(cluster):
     assert r.returncode == 0, r.stderr
     argv = [*PODSHELL_LOGS, "--server", "https://127.0.0.1:8443", "--token", TOKEN_GW,
             "--certificate-authority", str(cluster.ca), "team-a/beta/app"]  # fmt: skip
+    since = {name: len(cluster.audit(name)) for name in ("gw", "node-2")}  # kubectl's reads above are logged too
     r = cluster.hosts.run("gw", *argv, capture_output=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, b"podserver ready\n"), r.stderr
-    gateway = [e for e in cluster.audit("gw") if e["verb"] == "logs" and e["event"] == "session.end"]
-    node = [e for e in cluster.audit("node-2") if e["verb"] == "logs" and e["event"] == "session.end"]
-    assert gateway and gateway[-1]["target"] == "team-a/beta/app" and gateway[-1]["user"] == "alice"
-    assert node and node[-1]["user"] == "alice" and node[-1]["via"].startswith("gateway gw-1 (")
+    ends = {
+        name: [e for e in cluster.audit(name)[since[name] :] if e["verb"] == "logs" and e["event"] == "session.end"]
+        for name in since
+    }
+    assert [(e["user"], e["via"], e["target"]) for e in ends["gw"]] == [("alice", "api", "team-a/beta/app")], ends
+    assert [(e["user"], e["via"].split(" (")[0]) for e in ends["node-2"]] == [("alice", "gateway gw-1")], ends
 
 
 def test_following_through_a_gateway_and_nothing_rides_on_after_the_answer(cluster):

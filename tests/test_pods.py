@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 
 import psutil
 import pytest
@@ -17,6 +18,7 @@ from podshell.node.runtime.base import ContainerNotRunning, NoSuchContainer, NoS
 from podshell.node.runtime.manifest import Backoff
 
 from .conftest import PYTHON, Collect, needs_root, pod, sleep, wait_for
+from .support.waiting import listens_argv
 
 pytestmark = needs_root
 
@@ -58,12 +60,24 @@ async def run(spawner, handle, argv, **kw) -> tuple[ExitStatus, bytes, bytes]:
     return status, bytes(sink.out), bytes(sink.err)
 
 
+async def until_listening(spawner, handle, port: int, timeout: float = 10.0) -> None:
+    """Until a connection to C{port} from inside the pod succeeds: its server is up."""
+    deadline = time.monotonic() + timeout
+    while (await run(spawner, handle, listens_argv(PYTHON, port)))[0] != ExitStatus(code=0):
+        assert time.monotonic() < deadline, f"nothing listened on {port} in the pod after {timeout:g}s"
+        await sleep(0.05)
+
+
+# Commands that say when they run, so that a signal is sent to them and not to what starts them.
+STARTED = ["sh", "-c", "echo started; exec sleep 30"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_containers_share_the_pod_network_and_only_it(start_pods, spawner):
     port = free_port()
     runtime = await start_pods(two_containers(port))
     client = runtime.resolve("team-a", "web-0", "client")
-    await sleep(0.5)  # let the server listen
+    await until_listening(spawner, client, port)
     probe = (
         f"import socket; s = socket.create_connection(('127.0.0.1', {port})); s.sendall(b'abc');"
         " s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())"
@@ -120,15 +134,15 @@ async def test_exit_codes_signals_and_separate_stderr(start_pods, spawner):
     # A signal sent to the session reaches the command, not just the helper.
     sink = Collect()
     session = spawner.process(
-        handle, ["sh", "-c", "trap 'echo got-usr1; exit 3' USR1; while :; do sleep 0.05; done"], sink
+        handle, ["sh", "-c", "trap 'echo got-usr1; exit 3' USR1; echo trapped; while :; do sleep 0.05; done"], sink
     )
-    await sleep(0.5)
+    await wait_for(lambda: b"trapped\n" in sink.out, what="the trap to be set")
     session.signal("USR1")
     assert await sink.done == ExitStatus(code=3)
-    assert bytes(sink.out) == b"got-usr1\n"
+    assert bytes(sink.out) == b"trapped\ngot-usr1\n"
     sink = Collect()
-    session = spawner.process(handle, ["sleep", "30"], sink)
-    await sleep(0.3)
+    session = spawner.process(handle, STARTED, sink)
+    await wait_for(lambda: b"started" in sink.out, what="the command to start")
     session.signal("KILL")
     assert await sink.done == ExitStatus(signal="KILL")
 
@@ -193,8 +207,8 @@ async def test_ctrl_c_on_a_pty_interrupts_the_foreground_command(start_pods, spa
     runtime = await start_pods(two_containers(free_port()))
     handle = runtime.resolve("team-a", "web-0", "client")
     sink = Collect()
-    session = spawner.process(handle, ["sleep", "30"], sink, tty=True)
-    await sleep(0.5)
+    session = spawner.process(handle, STARTED, sink, tty=True)
+    await wait_for(lambda: b"started" in sink.out, what="the command to start")
     session.write(b"\x03")
     assert await sink.done == ExitStatus(signal="INT")
 
@@ -321,7 +335,7 @@ async def test_sockets_inside_the_pod_with_half_close_and_refusal(start_pods, sp
     port = free_port()
     runtime = await start_pods(two_containers(port))
     handle = runtime.resolve("team-a", "web-0")
-    await sleep(0.5)
+    await until_listening(spawner, handle, port)
 
     class Client(protocol.Protocol):
         def connectionMade(self):

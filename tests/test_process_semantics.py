@@ -25,9 +25,10 @@ from podshell.core import kubeconfig
 
 from .conftest import PYTHON, needs_root, pod
 from .sshserver import Client, PodshellServer, free_port, keygen
-from .test_kube_api import kubectl_binary, transport_env
-from .test_nodes import Cluster
-from .test_ssh import Terminal
+from .support.cluster import Cluster
+from .support.kubectl import kubectl_binary, transport_env
+from .support.terminal import Terminal
+from .support.waiting import wait_until
 
 pytestmark = needs_root
 
@@ -233,10 +234,9 @@ def test_ctrl_c_on_a_foreground_server_stops_pods_with_sigterm(tmp_path):
             srv.wait_ready(containers=1)
             assert os.tcgetpgrp(master) == srv.proc.pid  # twistd is the terminal's foreground job
             twistd = psutil.Process(srv.proc.pid)
-            deadline = time.monotonic() + 10
-            while len(pods_processes := twistd.children(recursive=True)) < 3:  # a sandbox, a helper, a command
-                assert time.monotonic() < deadline, pods_processes
-                time.sleep(0.02)
+            # A sandbox, a helper, a command.
+            wait_until(lambda: len(twistd.children(recursive=True)) >= 3, 10, "the pod's three processes")
+            pods_processes = twistd.children(recursive=True)
             os.write(master, b"\x03")  # Ctrl-C
             srv.proc.wait(20)
             assert marker.read_text() == "TERM\n"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -18,8 +18,9 @@ import yaml
 from podshell.node.runtime.local import privilege_problem
 
 from .conftest import needs_root, pod
-
-TWISTD = str(Path(sys.executable).parent / "twistd")
+from .sshserver import TWISTD
+from .support.twistd import Server
+from .support.waiting import wait_until
 
 
 def processes_with(marker: str) -> list[int]:
@@ -33,39 +34,6 @@ def processes_with(marker: str) -> list[int]:
             except OSError:
                 continue
     return found
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
-
-
-class Server:
-    """A twistd process, its log captured to a file."""
-
-    def __init__(self, cwd: Path, *args: str, env: dict | None = None) -> None:
-        self.log = cwd / "twistd.out"
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "podshell", *args],
-            cwd=cwd,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
-        wait_until(lambda: text in self.output() or self.proc.poll() is not None, timeout)
-        assert text in self.output(), self.output()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
 
 
 @pytest.fixture
@@ -114,7 +82,7 @@ def test_stopping_the_server_leaves_no_pod_process(tmp_path, server_dir, how):
         server.wait_for_log(f"container {path} started")
     assert len(processes_with(marker)) >= 4
     code = server.stop(getattr(signal, how))
-    wait_until(lambda: not processes_with(marker), timeout=10)
+    wait_until(lambda: not processes_with(marker), 10, "every pod process to end")
     assert code == -getattr(signal, how)  # twistd ends with the signal it got, after a clean stop
     if how == "SIGTERM":
         assert "stopping 2 pods" in server.output()
@@ -162,9 +130,15 @@ def test_the_embedded_default_runs_the_demo_pod(tmp_path, server_dir):
         attach = subprocess.Popen(["kubectl", "attach", "demo", "-c", "web"], env=kube, stderr=subprocess.PIPE)
         procs.append(attach)
         assert attach.stderr is not None and attach.stderr.readline().startswith(b"If you don't see")
-        time.sleep(1)  # the attachment is made after kubectl prints that
-        with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=30) as page:
-            assert page.status == 200 and b"Directory listing" in page.read()
+
+        def logged() -> bool:
+            """A request served; true once one shows on the attached stderr
+            (the attachment may be made after kubectl says it is)."""
+            with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=30) as page:
+                assert page.status == 200 and b"Directory listing" in page.read()
+            return bool(select.select([attach.stderr], [], [], 0.5)[0])
+
+        wait_until(logged, 30, "a request in the attached web server's log")
         assert b'"GET / HTTP/1.1" 200' in attach.stderr.readline()  # the web server's access log
     finally:
         for proc in procs:

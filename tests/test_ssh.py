@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import pty
-import select
+import shlex
 import signal
 import socket
-import struct
-import subprocess
-import termios
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .conftest import PYTHON, needs_root, pod
-from .podserver import SINK_PORT, SOURCE_PORT, STALL_PORT, pattern
+from .podserver import ECHO_PORT, SINK_PORT, SOURCE_PORT, STALL_PORT, pattern
 from .sshserver import PODSERVER, Client, PodshellServer, environ, free_port, keygen, wait_port
+from .support.terminal import Terminal
+from .support.waiting import listens_argv, wait_until
 
 pytestmark = needs_root
 
@@ -63,7 +60,9 @@ def server(tmp_path_factory):
     srv = PodshellServer(root, pods, users, policy)
     try:
         srv.wait_ready(containers=3)
-        time.sleep(0.5)  # the pod's servers start listening
+        probe = Client(srv, root / "id_alice")
+        listening = shlex.join(listens_argv(PYTHON, ECHO_PORT))  # its last listener
+        wait_until(lambda: probe.ssh("team-a.web-0.app", listening).returncode == 0, 15, "the pod's servers to listen")
         yield srv
     finally:
         srv.stop()
@@ -79,8 +78,10 @@ def bob(server):
     return Client(server, server.root / "id_bob")
 
 
-def audit(server) -> list[dict]:
-    return [json.loads(line) for line in server.audit.read_text().splitlines()]
+def audit(server, since: int = 0) -> list[dict]:
+    """The audit log's entries from the C{since}th on: a case reads only
+    those it caused, not what an earlier case left in the shared log."""
+    return [json.loads(line) for line in server.audit.read_text().splitlines()[since:]]
 
 
 # Commands: exit codes, streams, stdin, environment, names.
@@ -148,21 +149,29 @@ def test_target_forms(alice, target, container):
 
 
 @pytest.mark.parametrize(
-    "user, target, message",
+    "user, target, message, logged",
     [
-        ("alice", "team-a.web-9", "podshell: no pod team-a/web-9"),
-        ("alice", "team-a/web-0/db", "podshell: pod team-a/web-0 has no container 'db' (it has: app, sidecar)"),
-        ("alice", "Bad_Name", "podshell: invalid target 'Bad_Name'"),
-        ("carol", "team-a.web-0", "podshell: carol has no access to team-a/web-0"),
-        ("carol", "team-a.web-9", "podshell: carol has no access to team-a/web-9"),  # no hint it does not exist
-        ("bob", "team-a/web-0/sidecar", "podshell: bob has no access to team-a/web-0/sidecar"),
+        ("alice", "team-a.web-9", "podshell: no pod team-a/web-9", "no pod team-a/web-9"),
+        (
+            "alice",
+            "team-a/web-0/db",
+            "podshell: pod team-a/web-0 has no container 'db' (it has: app, sidecar)",
+            "pod team-a/web-0 has no container 'db' (it has: app, sidecar)",
+        ),
+        ("alice", "Bad_Name", "podshell: invalid target 'Bad_Name'", "invalid target"),
+        ("carol", "team-a.web-0", "podshell: carol has no access to team-a/web-0", "no verb allowed"),
+        # No hint to carol that it does not exist; the log says why.
+        ("carol", "team-a.web-9", "podshell: carol has no access to team-a/web-9", "no pod team-a/web-9"),
+        ("bob", "team-a/web-0/sidecar", "podshell: bob has no access to team-a/web-0/sidecar", "no verb allowed"),
     ],
 )
-def test_denied_logins_say_why(server, user, target, message):
+def test_denied_logins_say_why(server, user, target, message, logged):
+    since = len(audit(server))
     r = Client(server, server.root / f"id_{user}").ssh(target, "true", "-o", "LogLevel=INFO")
     assert r.returncode == 255
     assert message in r.stderr.decode(), r.stderr
-    assert any(a["event"] == "denied" and a["user"] == user for a in audit(server))
+    denials = [(a["user"], a["via"], a["verb"], a["target"], a["reason"]) for a in audit(server, since)]
+    assert denials == [(user, "ssh", "login", target, logged)]
 
 
 def test_unknown_key_is_an_ordinary_auth_failure(server):
@@ -179,62 +188,16 @@ def test_denied_verb_on_an_allowed_login(bob):
 # Terminals.
 
 
-def _winsize(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("4H", rows, cols, 0, 0))
-
-
-class Terminal:
-    """ssh -tt under a real pseudo-terminal, as a person would run it."""
-
-    def __init__(self, argv: list[str], rows: int, cols: int) -> None:
-        self.master, slave = pty.openpty()
-        _winsize(slave, rows, cols)
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        )
-        os.close(slave)
-        self.seen = b""
-
-    def expect(self, text: bytes, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.seen:
-            left = deadline - time.monotonic()
-            assert left > 0, f"did not see {text!r} in {self.seen[-500:]!r}"
-            if select.select([self.master], [], [], left)[0]:
-                try:
-                    self.seen += os.read(self.master, 65536)
-                except OSError:
-                    break
-        assert text in self.seen, self.seen[-500:]
-
-    def send(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def resize(self, rows: int, cols: int) -> None:
-        _winsize(self.master, rows, cols)
-
-    def close(self) -> int:
-        rc = self.proc.wait(15)
-        os.close(self.master)
-        return rc
-
-
 def test_interactive_shell_size_resize_ctrl_c_and_exit_status(alice):
     term = Terminal(alice.ssh_argv("team-a.web-0.sidecar", "-tt"), 40, 100)
     term.send(b"stty size; echo marker-$((1+1))\r")
     term.expect(b"40 100\r\nmarker-2")
     term.resize(50, 132)
-    time.sleep(0.3)
     term.send(b"stty size; echo marker-$((2+1))\r")
     term.expect(b"50 132\r\nmarker-3")
     started = time.monotonic()
-    term.send(b"sleep 30\r")
-    time.sleep(0.5)
+    term.send(b"sh -c 'echo fore$((1))ground; exec sleep 30'\r")
+    term.expect(b"fore1ground")  # the foreground job runs: the Ctrl-C is for it
     term.send(b"\x03")  # Ctrl-C reaches the foreground process through the terminal
     term.send(b"echo status-$?\r")
     term.expect(b"status-130")
@@ -352,7 +315,7 @@ def test_local_forward_to_a_destination_that_never_reads_keeps_memory_flat(forwa
                 sent += len(block)
         except TimeoutError:
             pass
-        time.sleep(1)
+        time.sleep(1)  # the point: a while for whatever the server still buffers to show in its memory
         growth = server.rss - before
     assert sent < 300 << 20, "the forward never pushed back"
     assert growth < 40 << 20, f"server grew {growth >> 20} MiB"
@@ -365,11 +328,12 @@ def test_a_client_that_stops_reading_pauses_every_channel_at_its_source(alice, s
     client = alice.background("team-a.web-0", "-N", "-L", f"{local}:localhost:{SOURCE_PORT}")
     socks: list[socket.socket] = []
     stop = threading.Event()
+    received: list[int] = []
 
-    def drain(s: socket.socket) -> None:
+    def drain(s: socket.socket, i: int) -> None:
         with contextlib.suppress(OSError):
-            while not stop.is_set() and s.recv(1 << 20):
-                pass
+            while not stop.is_set() and (chunk := s.recv(1 << 20)):
+                received[i] += len(chunk)
 
     try:
         wait_port(local)
@@ -377,11 +341,13 @@ def test_a_client_that_stops_reading_pauses_every_channel_at_its_source(alice, s
             s = socket.create_connection(("127.0.0.1", local))
             s.sendall(f"{1 << 40}\n".encode())
             socks.append(s)
-            threading.Thread(target=drain, args=(s,), daemon=True).start()
-        time.sleep(2)
+            received.append(0)
+            threading.Thread(target=drain, args=(s, len(socks) - 1), daemon=True).start()
+        # Streaming at full speed (not every channel need have started: the windows decide).
+        wait_until(lambda: sum(received) > 64 << 20, 30, "64 MiB of downloads to arrive")
         before = server.rss
         os.kill(client.pid, signal.SIGSTOP)
-        time.sleep(3)
+        time.sleep(3)  # the point: the client stays stopped a while, and the server must not grow meanwhile
         growth = server.rss - before
         assert growth < 6 << 20, f"server grew {growth >> 20} MiB behind a stopped client"
     finally:
