@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from podshell.core.contracts import Grant, Placement, Sink
@@ -26,7 +27,10 @@ class CatProcess:
     waits while paused, and once a pipe's worth waits it stops reading stdin
     (pauses the producer registered with it), as a blocked ``cat`` does."""
 
-    def __init__(self, sink: Sink, argv: Sequence[str], env: Mapping[str, str] | None, tty: bool) -> None:
+    def __init__(
+        self, clock: IReactorTime, sink: Sink, argv: Sequence[str], env: Mapping[str, str] | None, tty: bool
+    ) -> None:
+        self.clock = clock
         self.sink = sink
         self.argv = list(argv)
         self.env = dict(env or {})
@@ -40,9 +44,10 @@ class CatProcess:
         self.readingPaused = False
         self._pending = bytearray()
         self._eof = False
+        self._ending: ExitStatus | None = None
 
     def write(self, data: bytes) -> None:
-        if self.status is not None:
+        if self._ending is not None:
             return
         self.bytes_in += len(data)
         self._pending += data
@@ -53,7 +58,7 @@ class CatProcess:
         self._flush()
 
     def _flush(self) -> None:
-        if not self.paused and self._pending and self.status is None:
+        if not self.paused and self._pending and self._ending is None:
             data = bytes(self._pending)
             self._pending.clear()
             self.bytes_out += len(data)
@@ -70,9 +75,14 @@ class CatProcess:
             self._end(ExitStatus(code=0))
 
     def _end(self, status: ExitStatus) -> None:
-        if self.status is None:
-            self.status = status
-            self.sink.processEnded(status)
+        """The end is known later, as a real child's is (when it is reaped)."""
+        if self._ending is None:
+            self._ending = status
+            self.clock.callLater(0, self._reaped, status)
+
+    def _reaped(self, status: ExitStatus) -> None:
+        self.status = status
+        self.sink.processEnded(status)
 
     def resize(self, size: WindowSize) -> None:
         self.sizes.append(size)
@@ -111,11 +121,13 @@ class MemoryPod:
 @dataclass
 class MemoryNode:
     """The part of the Node contract that finding a container and running a
-    command use; every process it started is kept, for the tests to look at."""
+    command use; every process it started is kept, for the tests to look at.
+    Processes end when C{clock} is advanced."""
 
     name: str
     pods_here: list[MemoryPod]
     problem: str | None = None
+    clock: Clock = field(default_factory=Clock)
     processes: list[CatProcess] = field(default_factory=list)
 
     def _pod(self, namespace: str, pod: str) -> MemoryPod | None:
@@ -147,7 +159,7 @@ class MemoryNode:
     ) -> CatProcess:
         where = grant.handle
         self.resolve(where.namespace, where.pod, where.container)  # it may have stopped since the grant
-        process = CatProcess(sink, argv, env, tty)
+        process = CatProcess(self.clock, sink, argv, env, tty)
         if size is not None:
             process.resize(size)
         self.processes.append(process)
