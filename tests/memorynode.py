@@ -121,7 +121,7 @@ class MemoryPod:
 @dataclass
 class MemoryNode:
     """The part of the Node contract that finding a container and running a
-    command use; every process it started is kept, for the tests to look at.
+    command use (its streams are served in this process: no upgrade); every process it started is kept, for the tests to look at.
     Processes end when C{clock} is advanced."""
 
     name: str
@@ -147,6 +147,9 @@ class MemoryNode:
         if found.containers[name] != "Running":
             raise ContainerNotRunning(namespace, pod, name, found.containers[name])
         return Placement(namespace, pod, name, self.name)
+
+    def upgrade(self, grant: Grant, target: str, headers: list[tuple[str, str]]) -> None:
+        return None
 
     def process(
         self,
