@@ -7,10 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from podshell.core.addresses import PortRefused
 from podshell.core.contracts import Grant, Placement, Sink
 from podshell.core.flow import Pausable
 from podshell.core.process import ExitStatus, WindowSize, signal_name, signal_number
@@ -116,12 +119,28 @@ class MemoryPod:
     name: str
     # Each container's state: "Running", or why it is not (as the runtime says it).
     containers: dict[str, str]
+    listening: set[int] = field(default_factory=set)  # ports something in the pod listens on
+
+
+class PodSocket(StringTransport):
+    """The pod's end of a forwarded connection: what is written into the pod
+    is in C{value()}; the test plays the program in the pod by calling the
+    protocol (C{dataReceived}, C{readConnectionLost}) of the connection."""
+
+    writeClosed = False
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+    def unregisterProducer(self) -> None:  # as Twisted's TCP transport: harmless without one
+        self.producer = None
 
 
 @dataclass
 class MemoryNode:
-    """The part of the Node contract that finding a container and running a
-    command use (its streams are served in this process: no upgrade); every process it started is kept, for the tests to look at.
+    """The part of the Node contract that finding a container, running a
+    command and connecting to a port use (its streams are served in this
+    process: no upgrade); every process and connection it made is kept, for the tests to look at.
     Processes end when C{clock} is advanced."""
 
     name: str
@@ -129,6 +148,7 @@ class MemoryNode:
     problem: str | None = None
     clock: Clock = field(default_factory=Clock)
     processes: list[CatProcess] = field(default_factory=list)
+    sockets: list[tuple[IProtocol, PodSocket]] = field(default_factory=list)
 
     def _pod(self, namespace: str, pod: str) -> MemoryPod | None:
         return next((p for p in self.pods_here if (p.namespace, p.name) == (namespace, pod)), None)
@@ -167,3 +187,15 @@ class MemoryNode:
             process.resize(size)
         self.processes.append(process)
         return process
+
+    def connect(self, grant: Grant, port: int, factory: IProtocolFactory, host: str) -> Deferred[IProtocol]:
+        where = grant.handle
+        pod = self._pod(where.namespace, where.pod)
+        if pod is None or port not in pod.listening:
+            return fail(PortRefused(f"nothing listens on {host}:{port} in pod {where.namespace}/{where.pod}"))
+        protocol = factory.buildProtocol(None)  # type: ignore[arg-type]
+        assert protocol is not None
+        socket = PodSocket()
+        protocol.makeConnection(socket)
+        self.sockets.append((protocol, socket))
+        return succeed(protocol)

@@ -1,7 +1,8 @@
 """The Kubernetes API's streaming adapters on Twisted's fakes: a client's
 real upgrade request and frames in (kubectl's, as in the streaming spec),
 the bytes out checked, a node in memory behind the real gate.  WebSocket
-(v5, base64) and SPDY exec, flow control both ways, a client that leaves."""
+(v5, base64) and SPDY exec, flow control both ways, a client that leaves;
+port-forward over SPDY (kubectl 1.20) and WebSocket channels (Python client)."""
 
 from __future__ import annotations
 
@@ -34,25 +35,27 @@ KEY, ACCEPT = b"dGhlIHNhbXBsZSBub25jZQ==", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 SUCCESS = b'{"metadata":{},"status":"Success"}'
 
 
-def websocket_request(query: bytes, protocol: bytes, agent: bytes = b"kubectl/v1.33.1 (linux/amd64) kubernetes/abc"):
+def websocket_request(
+    query: bytes, protocol: bytes, agent: bytes = b"kubectl/v1.33.1 (linux/amd64) kubernetes/abc", path: bytes = PATH
+) -> bytes:
     """An exec upgrade as kubectl 1.29+ sends it (spec 2.3)."""
     return (
-        b"GET " + PATH + b"?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: " + agent + b"\r\n"
+        b"GET " + path + b"?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nUser-Agent: " + agent + b"\r\n"
         b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + KEY + b"\r\n"
         b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: " + protocol + b"\r\n\r\n"
     )
 
 
-def spdy_request(query: bytes) -> bytes:
-    """An exec upgrade as kubectl's SPDY path sends it (spec 2.2)."""
-    versions = b"".join(
-        b"X-Stream-Protocol-Version: " + v + b"\r\n"
-        for v in (b"v5.channel.k8s.io", b"v4.channel.k8s.io", b"v3.channel.k8s.io", b"v2.channel.k8s.io")
-    )
+EXEC_VERSIONS = (b"v5.channel.k8s.io", b"v4.channel.k8s.io", b"v3.channel.k8s.io", b"v2.channel.k8s.io")
+
+
+def spdy_request(query: bytes, versions: tuple[bytes, ...] = EXEC_VERSIONS, path: bytes = PATH) -> bytes:
+    """An upgrade as kubectl's SPDY path sends it (spec 2.2)."""
+    offered = b"".join(b"X-Stream-Protocol-Version: " + v + b"\r\n" for v in versions)
     return (
-        b"POST " + PATH + b"?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
+        b"POST " + path + b"?" + query + b" HTTP/1.1\r\nHost: 127.0.0.1:8443\r\n"
         b"User-Agent: kubectl/v1.20.5 (linux/amd64) kubernetes/abc\r\nContent-Length: 0\r\n"
-        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n" + versions + b"\r\n"
+        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n" + offered + b"\r\n"
     )
 
 
@@ -63,7 +66,7 @@ class TCP(StringTransport):
 
 @pytest.fixture
 def node() -> MemoryNode:
-    return MemoryNode("n1", [MemoryPod("team-a", "web-0", {"app": "Running"})])
+    return MemoryNode("n1", [MemoryPod("team-a", "web-0", {"app": "Running"}, listening={8080})])
 
 
 @pytest.fixture
@@ -75,7 +78,9 @@ def audit(tmp_path):
 
 def serve(node: MemoryNode, audit: AuditLog) -> tuple[APIProtocol, TCP]:
     cluster = Cluster([node])
-    gate = Gate(cluster, Policy([Rule(subjects=["user:alice"], verbs=["exec"], namespaces=["team-a"])]), audit)
+    gate = Gate(
+        cluster, Policy([Rule(subjects=["user:alice"], verbs=["exec", "port-forward"], namespaces=["team-a"])]), audit
+    )
     api = KubeAPI(gate, cluster, node.clock)
     protocol = APIProtocol(api.route, lambda event, transport: ALICE)
     tcp = TCP()
@@ -194,7 +199,7 @@ def test_websocket_refusals_are_statuses_before_the_upgrade(node, audit):
 class SpdyClient:
     """kubectl's SPDY side after the 101: streams opened one at a time."""
 
-    def __init__(self, protocol: APIProtocol, tcp: TCP) -> None:
+    def __init__(self, protocol: APIProtocol, tcp: TCP, version: bytes = b"v4.channel.k8s.io") -> None:
         self.protocol = protocol
         self.tcp = tcp
         lines, rest = split_head(tcp.value())
@@ -202,7 +207,7 @@ class SpdyClient:
             b"HTTP/1.1 101 Switching Protocols",
             b"Connection: Upgrade",
             b"Upgrade: SPDY/3.1",
-            b"X-Stream-Protocol-Version: v4.channel.k8s.io",
+            b"X-Stream-Protocol-Version: " + version,
         ]
         assert rest == b""  # nothing unasked after the 101 (spec 2.2)
         self.tcp.clear()
@@ -215,8 +220,8 @@ class SpdyClient:
         self.tcp.clear()
         return events
 
-    def open(self, kind: str) -> list:
-        self.streams[kind] = self.core.open_stream({"streamtype": kind})
+    def open(self, kind: str, **headers: str) -> list:
+        self.streams[kind] = self.core.open_stream({"streamtype": kind, **headers})
         return self.flush()
 
 
@@ -256,3 +261,78 @@ def test_spdy_streams_that_never_come_fail_the_exec_with_a_status(node, audit):
     assert (body["reason"], body["code"]) == ("InternalError", 500)
     assert "timed out waiting for the client to create streams (stdin, stdout)" in body["message"]
     assert node.processes == []
+
+
+FORWARD = b"/api/v1/namespaces/team-a/pods/web-0/portforward"
+
+
+def spdy_forward(node: MemoryNode, audit: AuditLog, port: str) -> tuple[SpdyClient, list]:
+    """kubectl 1.20's port-forward: one error and one data stream per
+    connection; what came back once both were open."""
+    protocol, tcp = serve(node, audit)
+    protocol.dataReceived(spdy_request(b"", (b"portforward.k8s.io",), FORWARD))
+    client = SpdyClient(protocol, tcp, b"portforward.k8s.io")
+    client.open("error", port=port, requestid="0")
+    return client, client.open("data", port=port, requestid="0")
+
+
+def test_spdy_port_forward_carries_bytes_and_half_close_both_ways(node, audit):
+    client, opened = spdy_forward(node, audit, "8080")
+    assert opened == [spdy.SynReply(client.streams["data"], {})]
+    ((pod_side, socket),) = node.sockets
+    client.core.send_data(client.streams["data"], b"GET / HTTP/1.0\r\n\r\n", fin=True)
+    assert client.flush() == []
+    assert socket.value() == b"GET / HTTP/1.0\r\n\r\n" and socket.writeClosed  # the client's FIN reached the pod
+    pod_side.dataReceived(b"HTTP/1.0 200 OK\r\n\r\nhello")
+    pod_side.readConnectionLost()  # the server in the pod closes its side
+    data, error = client.streams["data"], client.streams["error"]
+    assert client.core.receive_data(client.tcp.value()) == [
+        spdy.Data(data, b"HTTP/1.0 200 OK\r\n\r\nhello"),
+        spdy.Data(data, b"", True),
+        spdy.Data(error, b"", True),
+    ]
+
+
+def test_spdy_port_forward_to_a_port_nobody_listens_on_tells_old_kubectl_why(node, audit):
+    client, opened = spdy_forward(node, audit, "7009")
+    assert node.sockets == []
+    error, data = client.streams["error"], client.streams["data"]
+    assert opened == [
+        spdy.SynReply(data, {}),
+        spdy.Data(
+            error,
+            b"error forwarding port 7009 to pod team-a/web-0: nothing listens on localhost:7009 in pod team-a/web-0",
+        ),
+        spdy.Data(data, b"", True),
+        spdy.Data(error, b"", True),
+    ]
+
+
+def test_spdy_port_forward_streams_without_a_valid_port_are_reset(node, audit):
+    protocol, tcp = serve(node, audit)
+    protocol.dataReceived(spdy_request(b"", (b"portforward.k8s.io",), FORWARD))
+    client = SpdyClient(protocol, tcp, b"portforward.k8s.io")
+    events = client.open("data", port="99999", requestid="0")
+    assert events == [spdy.StreamReset(client.streams["data"], spdy.Status.CANCEL)]
+
+
+def test_websocket_port_forward_as_the_python_client_speaks_it(node, audit):
+    protocol, tcp = serve(node, audit)
+    protocol.dataReceived(
+        websocket_request(b"ports=8080", b"v4.channel.k8s.io", b"OpenAPI-Generator/31.0.0/python", FORWARD)
+    )
+    client = WebSocketClient(protocol, tcp)
+    assert messages(client.events()) == [b"\x00\x90\x1f", b"\x01\x90\x1f"]  # each channel opened by its port
+    ((pod_side, socket),) = node.sockets
+    client.send(b"\x00ping")
+    assert socket.value() == b"ping"
+    pod_side.dataReceived(b"pong")
+    assert messages(client.events()) == [b"\x00pong"]
+    pod_side.connectionLost(None)  # the pod closed the connection: every port is done
+    events = client.events()
+    assert isinstance(events[-1], CloseConnection) and events[-1].code == 1000
+    end = json.loads(audit.path.read_text().splitlines()[-1])
+    assert end["event"] == "session.start" and end["command"] == ["ports 8080"]
+    protocol.connectionLost(None)
+    end = json.loads(audit.path.read_text().splitlines()[-1])
+    assert (end["event"], end["bytes_in"], end["bytes_out"]) == ("session.end", 4, 4)
