@@ -1,0 +1,283 @@
+"""The SSH connection and session channel on Twisted's fakes: packets in as a
+client sends them, packets out as the client reads them, a node in memory
+behind the real gate.  Flow control both ways, with no sockets or pods."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from twisted.conch.ssh import common, connection
+from twisted.internet.testing import StringTransport
+
+from podshell.auth.audit import AuditLog
+from podshell.auth.gate import Gate
+from podshell.auth.identity import Identity
+from podshell.auth.policy import Policy, Rule
+from podshell.core.process import ExitStatus, WindowSize
+from podshell.gateway.routing import Cluster
+from podshell.gateway.ssh.avatar import PodUser
+from podshell.gateway.ssh.channels import PACKET, WINDOW
+from podshell.gateway.ssh.connection import PodConnection
+
+from .memorynode import PIPE_SIZE, CatProcess, MemoryNode, MemoryPod
+
+ALICE = Identity("alice", frozenset({"dev"}))
+
+
+class SSHTransport:
+    """The SSH transport as a connection service sees it: the packets it is
+    given to send, and the client's TCP connection beneath it."""
+
+    def __init__(self, avatar: PodUser) -> None:
+        self.avatar = avatar
+        self.transport = StringTransport(peerAddress=None)
+        self.packets: list[tuple[int, bytes]] = []
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.packets.append((kind, payload))
+
+    def loseConnection(self) -> None:
+        self.transport.loseConnection()
+
+
+class Client:
+    """One SSH client's side of the connection service: what it sends, and
+    what it has received, decoded."""
+
+    def __init__(self, conn: PodConnection, transport: SSHTransport) -> None:
+        self.conn = conn
+        self.transport = transport
+        self.seen = 0
+
+    def send(self, kind: int, payload: bytes) -> None:
+        self.conn.packetReceived(kind, payload)
+
+    def received(self) -> list[tuple]:
+        """Packets out since the last call, as (name, fields...)."""
+        new, self.seen = self.transport.packets[self.seen :], len(self.transport.packets)
+        return [decode(kind, payload) for kind, payload in new]
+
+    def open_session(self, window: int = WINDOW, packet: int = PACKET) -> int:
+        self.send(connection.MSG_CHANNEL_OPEN, common.NS(b"session") + struct.pack(">3L", 7, window, packet))
+        ((name, recipient, local, *_),) = self.received()
+        assert (name, recipient) == ("open-confirmation", 7)
+        return local
+
+    def request(self, channel: int, kind: bytes, data: bytes = b"") -> list[tuple]:
+        self.send(connection.MSG_CHANNEL_REQUEST, struct.pack(">L", channel) + common.NS(kind) + b"\x01" + data)
+        return self.received()
+
+    def data(self, channel: int, data: bytes) -> None:
+        self.send(connection.MSG_CHANNEL_DATA, struct.pack(">L", channel) + common.NS(data))
+
+    def eof(self, channel: int) -> None:
+        self.send(connection.MSG_CHANNEL_EOF, struct.pack(">L", channel))
+
+    def close(self, channel: int) -> None:
+        self.send(connection.MSG_CHANNEL_CLOSE, struct.pack(">L", channel))
+
+    def adjust(self, channel: int, size: int) -> None:
+        self.send(connection.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", channel, size))
+
+
+def decode(kind: int, payload: bytes) -> tuple:
+    if kind == connection.MSG_CHANNEL_OPEN_CONFIRMATION:
+        return ("open-confirmation", *struct.unpack(">4L", payload[:16]))
+    if kind == connection.MSG_CHANNEL_DATA:
+        return ("data", common.getNS(payload[4:])[0])
+    if kind == connection.MSG_CHANNEL_EXTENDED_DATA:
+        return ("stderr", common.getNS(payload[8:])[0])
+    if kind == connection.MSG_CHANNEL_REQUEST:
+        name, rest = common.getNS(payload[4:])
+        return (name.decode(), rest[1:])
+    names = {
+        connection.MSG_CHANNEL_SUCCESS: "success",
+        connection.MSG_CHANNEL_FAILURE: "failure",
+        connection.MSG_CHANNEL_EOF: "eof",
+        connection.MSG_CHANNEL_CLOSE: "close",
+        connection.MSG_CHANNEL_WINDOW_ADJUST: "window-adjust",
+    }
+    if kind == connection.MSG_CHANNEL_WINDOW_ADJUST:
+        return ("window-adjust", struct.unpack(">L", payload[4:8])[0])
+    return (names.get(kind, kind),)
+
+
+def output(packets: list[tuple]) -> bytes:
+    return b"".join(p[1] for p in packets if p[0] == "data")
+
+
+@pytest.fixture
+def node() -> MemoryNode:
+    return MemoryNode("n1", [MemoryPod("team-a", "web-0", {"app": "Running", "log": "Running"})])
+
+
+@pytest.fixture
+def audit(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    yield log
+    log.close()
+
+
+def connect(node: MemoryNode, audit: AuditLog, verbs: list[str], target: str = "team-a.web-0") -> Client:
+    """A logged-in client of PodConnection, as the SSH transport starts it."""
+    cluster = Cluster([node])
+    gate = Gate(cluster, Policy([Rule(subjects=["user:alice"], verbs=verbs, namespaces=["team-a"])]), audit)
+    found = gate.locate(ALICE, target, "10.0.0.9:5000", "ssh")
+    avatar = PodUser(ALICE, found, "10.0.0.9:5000", gate, cluster, ["LANG", "LC_*"])
+    transport = SSHTransport(avatar)
+    conn = PodConnection()
+    conn.transport = transport  # type: ignore[assignment]
+    conn.serviceStarted()
+    return Client(conn, transport)
+
+
+def audited(audit: AuditLog) -> list[dict]:
+    return [json.loads(line) for line in audit.path.read_text().splitlines()]
+
+
+def test_exec_data_eof_then_exit_status_eof_and_close_in_order(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session()
+    assert client.request(channel, b"exec", common.NS(b"cat")) == [("success",)]
+    (process,) = node.processes
+    assert (process.argv, process.tty) == (["/bin/sh", "-c", "cat"], False)
+    client.data(channel, b"hello ")
+    client.data(channel, b"world")
+    client.eof(channel)
+    assert client.received() == [("data", b"hello "), ("data", b"world")]
+    node.clock.advance(0)  # cat exits
+    assert client.received() == [
+        ("exit-status", struct.pack(">L", 0)),
+        ("eof",),
+        ("close",),
+    ]
+    client.close(channel)
+    assert client.conn.channels == {}
+    start, end = audited(audit)
+    assert (start["verb"], start["target"], start["command"]) == ("exec", "team-a/web-0/app", ["cat"])
+    assert (end["status"], end["bytes_in"], end["bytes_out"]) == ("exit code 0", 11, 11)
+
+
+def test_eof_before_the_command_reaches_it_once_it_starts(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session()
+    client.eof(channel)
+    assert client.request(channel, b"exec", common.NS(b"true")) == [("success",)]
+    node.clock.advance(0)
+    assert node.processes[0].status == ExitStatus(code=0)
+    assert [p[0] for p in client.received()] == ["exit-status", "eof", "close"]
+
+
+def test_a_terminal_its_size_its_changes_and_the_env_sshd_would_accept(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session()
+    modes = common.NS(b"")
+    pty = common.NS(b"xterm-256color") + struct.pack(">4L", 120, 40, 0, 0) + modes
+    assert client.request(channel, b"pty-req", pty) == [("success",)]
+    assert client.request(channel, b"env", common.NS(b"LC_ALL") + common.NS(b"C.UTF-8")) == [("success",)]
+    assert client.request(channel, b"env", common.NS(b"LD_PRELOAD") + common.NS(b"/x.so")) == [("failure",)]
+    assert client.request(channel, b"shell") == [("success",)]
+    (process,) = node.processes
+    assert process.tty and process.env == {"LC_ALL": "C.UTF-8", "TERM": "xterm-256color"}
+    assert client.request(channel, b"window-change", struct.pack(">4L", 132, 50, 0, 0)) == [("success",)]
+    assert process.sizes == [WindowSize(40, 120), WindowSize(50, 132)]
+    assert client.request(channel, b"exec", common.NS(b"ls")) == [("failure",)]  # one command per channel
+
+
+def test_a_signal_reaches_the_process_and_its_end_comes_back_as_exit_signal(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session()
+    client.request(channel, b"exec", common.NS(b"sleep 60"))
+    assert client.request(channel, b"signal", common.NS(b"NOPE")) == [("failure",)]
+    assert client.request(channel, b"signal", common.NS(b"TERM")) == [("success",)]
+    node.clock.advance(0)
+    packets = client.received()
+    assert packets[0] == ("exit-signal", common.NS(b"TERM") + b"\0" + common.NS(b"") + common.NS(b""))
+    assert [p[0] for p in packets[1:]] == ["eof", "close"]
+
+
+def test_a_refused_exec_says_why_on_stderr_and_exits_1(node, audit):
+    client = connect(node, audit, ["port-forward"])  # may log in, may not exec
+    channel = client.open_session()
+    packets = client.request(channel, b"exec", common.NS(b"id"))
+    assert packets[:2] == [
+        ("stderr", b"podshell: alice may not exec in team-a/web-0/app\r\n"),
+        ("exit-status", struct.pack(">L", 1)),
+    ]
+    assert node.processes == []
+    assert audited(audit)[0]["event"] == "denied"
+
+
+def test_a_container_that_stopped_since_login_is_refused_like_a_denial(node, audit):
+    client = connect(node, audit, ["exec"])
+    node.pods_here[0].containers["app"] = "Completed"
+    channel = client.open_session()
+    packets = client.request(channel, b"exec", common.NS(b"id"))
+    assert packets[0] == ("stderr", b"podshell: container 'app' of pod team-a/web-0 is not running (Completed)\r\n")
+
+
+def test_a_client_that_closes_first_hangs_the_process_up(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session()
+    client.request(channel, b"exec", common.NS(b"cat"))
+    client.close(channel)
+    assert client.received() == [("close",)]
+    assert client.conn.channels == {}
+    node.clock.advance(0)
+    assert node.processes[0].status == ExitStatus(signal="HUP")
+    assert client.received() == []  # no exit status on a channel the client has closed
+    assert audited(audit)[-1]["status"] == "hung up"
+
+
+def test_a_slow_reader_pauses_the_process_and_its_window_lets_it_go_on(node, audit):
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session(window=10, packet=PACKET)
+    client.request(channel, b"exec", common.NS(b"cat"))
+    process: CatProcess = node.processes[0]
+    client.data(channel, b"x" * 100)
+    assert output(client.received()) == b"x" * 10  # what the client's window lets out
+    assert process.paused
+    client.adjust(channel, 1000)
+    assert output(client.received()) == b"x" * 90
+    assert not process.paused
+    client.data(channel, b"y" * 1000)
+    assert output(client.received()) == b"y" * 910
+    assert process.paused
+
+
+def test_a_process_that_stops_reading_stops_the_clients_window(node, audit):
+    """The client's stdin fills the process's pipe (its output is held by the
+    client's closed window): the channel grants no more window until the
+    process reads again, so what waits in the server is bounded."""
+    client = connect(node, audit, ["exec"])
+    channel = client.open_session(window=0)
+    client.request(channel, b"exec", common.NS(b"cat"))
+    process: CatProcess = node.processes[0]
+    chunk = b"z" * PACKET
+    for _ in range(WINDOW // PACKET // 2 + 1):  # past half the window: Conch would adjust
+        client.data(channel, chunk)
+    assert process.readingPaused and process.bytes_in > PIPE_SIZE
+    assert client.received() == []  # no output (window 0) and no window-adjust
+    client.adjust(channel, 4 * WINDOW)
+    packets = client.received()
+    assert len(output(packets)) == process.bytes_in
+    assert not process.readingPaused
+    assert ("window-adjust", process.bytes_in) in packets
+
+
+def test_a_full_tcp_send_buffer_pauses_every_channel_even_new_ones(node, audit):
+    client = connect(node, audit, ["exec"])
+    tcp = client.transport.transport
+    first = client.open_session()
+    client.request(first, b"exec", common.NS(b"cat"))
+    tcp.producer.pauseProducing()  # what the TCP transport does when its buffer is full
+    second = client.open_session()
+    client.request(second, b"exec", common.NS(b"cat"))
+    assert [p.paused for p in node.processes] == [True, True]
+    client.data(first, b"waits")
+    assert output(client.received()) == b""
+    tcp.producer.resumeProducing()
+    assert [p.paused for p in node.processes] == [False, False]
+    assert output(client.received()) == b"waits"
