@@ -12,9 +12,10 @@ from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy, Rule
 from podshell.core.contracts import Placement
+from podshell.core.denial import DenialKind
 from podshell.gateway.routing import Cluster
 
-from .memorynode import MemoryNode, MemoryPod
+from .support.memorynode import MemoryNode, MemoryPod
 
 ALICE = Identity("alice", frozenset({"dev"}))
 EVE = Identity("eve")
@@ -82,12 +83,16 @@ def test_denials_are_clear_audited_and_hide_existence_from_strangers(audit, who,
 
 @pytest.mark.parametrize(
     "who, target, kind",
-    [(ALICE, "team-a.web-1", "not-found"), (ALICE, "team-a/broken", "unavailable"), (ALICE, "Team-A.x", "invalid")],
+    [
+        (ALICE, "team-a.web-1", DenialKind.NOT_FOUND),
+        (ALICE, "team-a/broken", DenialKind.UNAVAILABLE),
+        (ALICE, "Team-A.x", DenialKind.INVALID),
+    ],
 )
 def test_denials_say_their_kind_for_front_doors_with_status_codes(audit, who, target, kind):
     with pytest.raises(Denied) as info:
         Gate(Cluster(nodes()), Policy(RULES), audit).enter(who, "exec", target, "127.0.0.1:1", "api")
-    assert info.value.kind == kind
+    assert info.value.kind is kind
 
 
 def test_a_pod_not_found_may_be_on_a_node_that_cannot_be_reached(audit):

@@ -26,7 +26,7 @@ from podshell.kube.front import APIProtocol
 from podshell.kube.resources import KubeAPI
 from podshell.protocols import spdy
 
-from .memorynode import PIPE_SIZE, MemoryNode, MemoryPod
+from .support.memorynode import PIPE_SIZE, MemoryNode, MemoryPod
 
 ALICE = Identity("alice", frozenset({"dev"}))
 PATH = b"/api/v1/namespaces/team-a/pods/web-0/exec"

@@ -22,7 +22,7 @@ from podshell.kube.resources import KubeAPI
 from podshell.protocols import remotecommand as rc
 
 from .conftest import Collect
-from .memorynode import PIPE_SIZE, MemoryNode, MemoryPod
+from .support.memorynode import PIPE_SIZE, MemoryNode, MemoryPod
 
 ALICE = Identity("alice")
 EXEC = "/api/v1/namespaces/team-a/pods/web-0/exec?container=app&command=cat&stdin=1&stdout=1&stderr=1"

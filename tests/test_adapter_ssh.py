@@ -21,7 +21,7 @@ from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.channels import PACKET, WINDOW
 from podshell.gateway.ssh.connection import PodConnection
 
-from .memorynode import PIPE_SIZE, CatProcess, MemoryNode, MemoryPod
+from .support.memorynode import PIPE_SIZE, CatProcess, MemoryNode, MemoryPod
 
 ALICE = Identity("alice", frozenset({"dev"}))
 
