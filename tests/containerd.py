@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import psutil
 
 from podshell.node.runtime.cri import api_pb2 as cri
 from podshell.node.runtime.cri.api_pb2_grpc import RuntimeServiceStub
+from podshell.node.runtime.cri.client import Client, RpcError
 from tests.images import busybox_rootfs, oci_archive
 
 PAUSE_IMAGE = "podshell.test/pause:1"
@@ -131,7 +131,7 @@ class Containerd:
         """Pods first (the kubelet's way), then containerd, then whatever a
         failure left: shims and their containers, mounts, the bridge."""
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(grpc.RpcError):
+            with contextlib.suppress(RpcError):
                 Kubelet(self.endpoint).remove_all()
             self.proc.terminate()
             try:
@@ -189,11 +189,11 @@ class Kubelet:
     """Runs pods through the CRI as the kubelet does (never podshell)."""
 
     def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
-        self.cri = RuntimeServiceStub(self.channel)
+        self.client = Client(endpoint)
+        self.cri = RuntimeServiceStub(self.client.channel)
 
     def close(self) -> None:
-        self.channel.close()
+        self.client.close()
 
     def run_pod(self, namespace: str, name: str, *containers: ContainerSpec,
                 annotations: dict[str, str] | None = None, log_dir: str = "") -> RunningPod:  # fmt: skip

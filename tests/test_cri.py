@@ -1,0 +1,188 @@
+"""The CRI runtime against a real containerd: pods the kubelet made (played
+by tests/containerd.py), seen and entered through every front door."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from podshell.core import kubeconfig
+from podshell.core.target import ContainerNotRunning, NoSuchPod
+from podshell.node.runtime.cri.runtime import INTERVAL, CRIRuntime
+from podshell.node.spawner import Spawner
+
+from .conftest import Collect, needs_root, wait_for
+from .containerd import SLEEP, ContainerSpec
+from .sshserver import Client, PodshellServer, free_port, keygen
+from .test_kube_api import kubectl_binary
+
+pytestmark = needs_root
+TOKEN = "carol-token-0123456789abcdef"
+HTTPD = ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, containerd):
+    root = tmp_path_factory.mktemp("cri")
+    key = root / "id_ed25519"
+    users = [{"name": "carol", "ssh_keys": [keygen(key)], "tokens": [TOKEN]}]
+    policy = [{"subjects": ["user:carol"], "verbs": ["*"], "namespaces": ["*"]}]
+    port = free_port()
+    runtime = {"kind": "cri", "endpoint": containerd.endpoint}
+    server = PodshellServer(root, [], users, policy, api=f"ssl:{port}:interface=127.0.0.1", runtime=runtime)
+    try:
+        server.wait_ready(containers=0)
+        ca = (root / "state" / "ca.crt").read_bytes()
+        api_url = f"https://127.0.0.1:{port}"
+        kubeconfig.write(root / "kubeconfig", kubeconfig.render(api_url, "carol", TOKEN, ca, "team-c"))
+        server.client = Client(server, key)
+        yield server
+    finally:
+        server.stop()
+
+
+def kubectl(server, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KUBECONFIG": str(server.root / "kubeconfig")}
+    return subprocess.run([kubectl_binary(None), *args], env=env, capture_output=True, timeout=60, **kw)
+
+
+def wait_listed(server, name: str, timeout: float = 5.0) -> tuple[dict, float]:
+    """The pod as kubectl sees it once it is there, and how long that took."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        got = kubectl(server, "get", "pod", name, "-o", "json")
+        if got.returncode == 0:
+            pod = json.loads(got.stdout)
+            if all("running" in c["state"] for c in pod["status"]["containerStatuses"]):
+                return pod, time.monotonic() - began
+        time.sleep(0.05)
+    raise AssertionError(f"pod {name} not listed in {timeout}s: {got.stderr.decode()}")
+
+
+def test_get_pods_shows_the_kubelets_pods(server, kubelet):
+    annotations = {"kubectl.kubernetes.io/default-container": "side"}
+    kubelet.run_pod("team-c", "web", ContainerSpec("app"), ContainerSpec("side"), annotations=annotations)
+    pod, took = wait_listed(server, "web")
+    assert took < 1.0 + INTERVAL  # kubectl's own start-up counts too
+    assert pod["metadata"]["namespace"] == "team-c"
+    assert pod["metadata"]["labels"] == {"app": "web"}
+    assert pod["status"]["phase"] == "Running"
+    statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
+    assert set(statuses) == {"app", "side"}
+    assert statuses["app"]["image"] == "podshell.test/busybox:1"
+    assert statuses["app"]["restartCount"] == 0
+    table = kubectl(server, "get", "pods")
+    assert table.returncode == 0
+    assert table.stdout.decode().split("\n")[1].split()[:4] == ["web", "2/2", "Running", "0"]
+    # The default container, from the annotation.
+    got = server.client.ssh("team-c.web", "echo $HOSTNAME; cat /proc/1/cmdline | tr '\\0' ' '")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.decode().split("\n")[0] == "web"
+
+
+def test_exec_runs_in_the_containers_namespaces(server, kubelet):
+    kubelet.run_pod("team-c", "box", ContainerSpec("app", env={"GREETING": "hi"}, working_dir="/tmp"))
+    wait_listed(server, "box")
+    ssh = server.client
+    got = ssh.ssh(
+        "team-c.box.app", "hostname; echo $GREETING; pwd; test -e /etc/debian_version || echo own-root; exit 3"
+    )
+    assert got.returncode == 3, got.stderr
+    assert got.stdout.decode().split() == ["box", "hi", "/tmp", "own-root"]
+    # Its own pid namespace: PID 1 is the container's command.
+    got = ssh.ssh("team-c.box.app", "cat /proc/1/cmdline | tr '\\0' ' '")
+    assert got.stdout.decode().strip() == " ".join(SLEEP)
+    got = ssh.ssh("team-c.box.app", "cat", input=b"to the end\n")
+    assert (got.returncode, got.stdout) == (0, b"to the end\n")
+    got = kubectl(server, "exec", "box", "-c", "app", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert got.returncode == 7
+    assert (got.stdout, got.stderr.strip().split(b"\n")[0]) == (b"out\n", b"err")
+    got = kubectl(server, "exec", "-i", "box", "--", "wc", "-c", input=b"x" * 100000)
+    assert got.stdout.split() == [b"100000"]
+
+
+def test_local_forward_into_the_pods_network(server, kubelet):
+    kubelet.run_pod("team-c", "www", ContainerSpec("httpd", command=HTTPD))
+    wait_listed(server, "www")
+    port = free_port()
+    tunnel = server.client.background("team-c.www", "-N", "-L", f"{port}:localhost:8080")
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/group", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert b"nogroup:x:65534:" in body  # the image's /etc, served in the pod's network namespace
+    finally:
+        tunnel.terminate()
+        tunnel.wait()
+
+
+def test_a_shell_less_image(server, kubelet):
+    kubelet.run_pod("team-c", "bare", ContainerSpec("app", image="podshell.test/static:1"))
+    wait_listed(server, "bare")
+    got = kubectl(server, "exec", "bare", "--", "/bin/busybox", "echo", "by-path")
+    assert (got.returncode, got.stdout) == (0, b"by-path\n")
+    got = server.client.ssh("team-c.bare", "echo through a shell")  # an SSH command is run by /bin/sh
+    assert got.returncode == 127
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_container_gets_no_session_of_its_predecessor(containerd, kubelet):
+    runtime = CRIRuntime(reactor, containerd.endpoint)
+    runtime.startService()
+    try:
+        pod = kubelet.run_pod("team-c", "crash", ContainerSpec("app"))
+        await wait_for(lambda: runtime.container_names("team-c", "crash") == ["app"], timeout=5)
+        before = runtime.resolve("team-c", "crash", "app")
+        assert before.runtime_spec is not None
+        assert before.runtime_spec["process"]["args"] == SLEEP
+        assert ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin") in before.env
+        assert before.user == "0:0"
+        kubelet.stop_container(pod.containers["app"])
+        kubelet.start_container(pod, ContainerSpec("app", restart_count=1))
+        # The old handle's process is gone: the spawner refuses it.
+        sink = Collect()
+        with pytest.raises(ContainerNotRunning):
+            Spawner(reactor).process(before, ["true"], sink)
+        await wait_for(lambda: runtime.statuses()[0].containers[0].restart_count == 1, timeout=5)
+        after = runtime.resolve("team-c", "crash", "app")
+        assert after.init != before.init
+        status = runtime.statuses()[0].containers[0]
+        assert status.state.kind == "running"
+        assert status.last_state is not None and status.last_state.kind == "terminated"
+        sink = Collect()
+        Spawner(reactor).process(after, ["sh", "-c", "cat /proc/1/cmdline"], sink)
+        assert (await sink.done).code == 0
+    finally:
+        await runtime.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_runtime_socket_missing_at_start(containerd, kubelet, tmp_path):
+    link = tmp_path / "cri.sock"
+    runtime = CRIRuntime(reactor, f"unix://{link}", interval=0.1)
+    runtime.startService()
+    try:
+        await wait_for(lambda: runtime.problem is not None and "does not answer" in runtime.problem, timeout=5)
+        assert str(link) in runtime.problem
+        with pytest.raises(NoSuchPod):
+            runtime.resolve("team-c", "late", "app")
+        kubelet.run_pod("team-c", "late", ContainerSpec("app"))
+        link.symlink_to(containerd.socket)
+        await wait_for(lambda: runtime.problem is None, timeout=30)
+        await wait_for(lambda: runtime.container_names("team-c", "late") == ["app"], timeout=5)
+        assert runtime.resolve("team-c", "late").container == "app"
+    finally:
+        await runtime.stopService()
