@@ -32,6 +32,7 @@ from podshell.core.target import LogsUnavailable, TargetError
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, NoSuchContainer, NoSuchPod
 from podshell.node.runtime.cri.client import Client, Container, RpcError, Sandbox, State
+from podshell.node.runtime.cri.logs import CRILog
 
 log = Logger()
 INTERVAL = 0.5  # seconds between listings: how stale a pod may be
@@ -104,7 +105,7 @@ class CRIPod:
         }
         started = min((c.started for r in self.runs.values() for c in r if c.started), default=None)
         return PodStatus(manifest, self.sandbox.uid, self.sandbox.created, started, self._phase(containers), None,
-                         tuple(containers))  # fmt: skip
+                         tuple(containers), self.sandbox.ip)  # fmt: skip
 
     def _phase(self, containers: list[ContainerStatus]) -> Phase:
         kinds = [c.state.kind for c in containers]
@@ -243,7 +244,24 @@ class CRIRuntime(Service):
         raise TargetError(f"{handle.path}: attach to a container of the CRI runtime is not supported yet (exec is)")
 
     def read_log(self, namespace: str, pod: str, container: str, previous: bool, options: Options) -> LogSource:
+        """The current run's log, or the one before: the kubelet's rules
+        and the kube-apiserver's words."""
         found = self._pod(namespace, pod)
-        if container not in found.runs:
+        runs = found.runs.get(container)
+        if runs is None:
             raise NoSuchContainer(namespace, pod, container, list(found.runs))
-        raise LogsUnavailable(f'logs of container "{container}" in pod "{pod}": not read from the CRI runtime yet')
+        if previous:
+            if len(runs) < 2:
+                raise LogsUnavailable(f'previous terminated container "{container}" in pod "{pod}" not found')
+            run = runs[-2]
+        elif runs[-1].state is State.CREATED and len(runs) > 1:
+            run = runs[-2]
+        elif runs[-1].state is State.CREATED:
+            raise LogsUnavailable(f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating')
+        else:
+            run = runs[-1]
+        return CRILog(self.reactor, run.log_path, options, lambda: self._running(run.id))
+
+    def _running(self, container_id: str) -> bool:
+        now = self._snapshot.containers.get(container_id)
+        return now is not None and now.state is State.RUNNING
