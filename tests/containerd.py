@@ -94,8 +94,12 @@ class Containerd:
         config = self.root / "config.toml"
         config.write_text(_CONFIG.format(root=self.root, pause=PAUSE_IMAGE))
         self.log = self.root / "containerd.log"
+        # A session of its own, as the node's containerd is: not the test run's child in its job.
         self.proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+            ["containerd", "--config", str(config)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._wait_ready()
         self._import_images()
@@ -198,6 +202,8 @@ class Kubelet:
     def run_pod(self, namespace: str, name: str, *containers: ContainerSpec,
                 annotations: dict[str, str] | None = None, log_dir: str = "") -> RunningPod:  # fmt: skip
         uid = str(uuid.uuid4())
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
         labels = {"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": name,
                   "io.kubernetes.pod.uid": uid, "app": name}  # fmt: skip
         config = cri.PodSandboxConfig(

@@ -78,9 +78,11 @@ def test_get_pods_shows_the_kubelets_pods(server, kubelet):
     assert set(statuses) == {"app", "side"}
     assert statuses["app"]["image"] == "podshell.test/busybox:1"
     assert statuses["app"]["restartCount"] == 0
-    table = kubectl(server, "get", "pods")
+    table = kubectl(server, "get", "pods", "-o", "wide")
     assert table.returncode == 0
-    assert table.stdout.decode().split("\n")[1].split()[:4] == ["web", "2/2", "Running", "0"]
+    row = table.stdout.decode().split("\n")[1].split()
+    assert row[:4] == ["web", "2/2", "Running", "0"]
+    assert row[5] == pod["status"]["podIP"] and row[5].startswith("10.")  # the CNI's address
     # The default container, from the annotation.
     got = server.client.ssh("team-c.web", "echo $HOSTNAME; cat /proc/1/cmdline | tr '\\0' ' '")
     assert got.returncode == 0, got.stderr
@@ -186,3 +188,43 @@ async def test_runtime_socket_missing_at_start(containerd, kubelet, tmp_path):
         assert runtime.resolve("team-c", "late").container == "app"
     finally:
         await runtime.stopService()
+
+
+def test_logs_from_the_cri_log_files(server, kubelet, tmp_path):
+    script = "echo one; sleep 0.2; echo two >&2; sleep 0.2; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"
+    # Pauses between streams: the runtime copies each stream on its own, ordering only by time.
+    pod = kubelet.run_pod("team-c", "talker", ContainerSpec("app", command=["/bin/sh", "-c", script]),
+                          log_dir=str(tmp_path / "pods" / "talker"))  # fmt: skip
+    wait_listed(server, "talker")
+    deadline = time.monotonic() + 5
+    while b"tick 2\n" not in (got := kubectl(server, "logs", "talker")).stdout:
+        assert time.monotonic() < deadline, got.stderr
+        time.sleep(0.1)
+    assert got.stdout.startswith(b"one\ntwo\ntick 1\n")
+    last = kubectl(server, "logs", "talker", "--tail=1").stdout.decode().split("\n")
+    assert len(last) == 2 and last[0].startswith("tick ")
+    stamped = kubectl(server, "logs", "talker", "--timestamps").stdout.decode().split("\n")[0]
+    assert stamped.startswith("20") and "T" in stamped.split()[0] and stamped.endswith(" one")
+    missing = kubectl(server, "logs", "talker", "--previous")
+    assert missing.returncode != 0
+    assert b'previous terminated container "app" in pod "talker" not found' in missing.stderr
+    env = {**os.environ, "KUBECONFIG": str(server.root / "kubeconfig")}
+    follow = subprocess.Popen([kubectl_binary(None), "logs", "-f", "--tail=1", "talker"], env=env,
+                              stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert follow.stdout is not None
+        ticks = [follow.stdout.readline() for _ in range(4)]
+        numbers = [int(t.split()[1]) for t in ticks]
+        assert numbers == list(range(numbers[0], numbers[0] + 4))  # new lines, as they come
+    finally:
+        follow.terminate()
+        follow.wait()
+    kubelet.stop_container(pod.containers["app"])
+    again = ["/bin/sh", "-c", "echo second run; exec sleep 1000"]
+    kubelet.start_container(pod, ContainerSpec("app", command=again, restart_count=1))
+    deadline = time.monotonic() + 5
+    while (got := kubectl(server, "logs", "talker")).stdout != b"second run\n":
+        assert time.monotonic() < deadline, got
+        time.sleep(0.1)
+    previous = kubectl(server, "logs", "talker", "--previous").stdout
+    assert previous.startswith(b"one\ntwo\ntick 1\n")
