@@ -15,8 +15,12 @@ from twisted.internet import reactor
 
 from podshell.core import kubeconfig
 from podshell.core.target import ContainerNotRunning, NoSuchPod
+from podshell.core.yamlfile import ConfigError
+from podshell.node.runtime.cri import client
 from podshell.node.runtime.cri.runtime import INTERVAL, CRIRuntime
 from podshell.node.spawner import Spawner
+from podshell.server.config import RuntimeKind
+from podshell.server.tap import load
 
 from .conftest import Collect, needs_root, wait_for
 from .containerd import SLEEP, ContainerSpec
@@ -228,3 +232,25 @@ def test_logs_from_the_cri_log_files(server, kubelet, tmp_path):
         time.sleep(0.1)
     previous = kubectl(server, "logs", "talker", "--previous").stdout
     assert previous.startswith(b"one\ntwo\ntick 1\n")
+
+
+def config_file(tmp_path, runtime: str):
+    path = tmp_path / "podshell.yaml"
+    path.write_text(f"users: [{{name: carol, tokens: [{TOKEN}]}}]\nruntime: {runtime}\n")
+    return str(path)
+
+
+def test_config_of_the_cri_runtime(tmp_path):
+    loaded = load(config_file(tmp_path, '{kind: cri, endpoint: "unix:///run/k3s/containerd/containerd.sock"}'))
+    assert loaded.config.runtime.kind is RuntimeKind.CRI
+    assert loaded.config.runtime.endpoint == "unix:///run/k3s/containerd/containerd.sock"
+    assert load(config_file(tmp_path, "{kind: cri}")).config.runtime.endpoint is None  # the default, at start
+    assert client.default_endpoint() in (client.CONTAINERD, client.CRIO)
+    with pytest.raises(ConfigError, match=r"runtime.endpoint: .*'/run/x.sock' is not unix:///ABSOLUTE/PATH"):
+        load(config_file(tmp_path, "{kind: cri, endpoint: /run/x.sock}"))
+    with pytest.raises(ConfigError, match="pods: with kind cri the pods are the kubelet's"):
+        load(config_file(tmp_path, "{kind: cri, pods: ./pods.yaml}"))
+    with pytest.raises(ConfigError, match="endpoint: only kind cri"):
+        load(config_file(tmp_path, '{endpoint: "unix:///run/containerd/containerd.sock"}'))
+    with pytest.raises(ConfigError, match=r"runtime\.kind"):
+        load(config_file(tmp_path, "{kind: docker}"))
