@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -110,3 +112,32 @@ async def start_pods(spawner, tmp_path):
     yield start
     for runtime in started:
         await runtime.stopService()
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory):
+    """A real containerd for the whole session (its start-up and images
+    cost a second); pods are per test (L{kubelet})."""
+    from tests.containerd import Containerd
+
+    if os.geteuid() != 0 or not shutil.which("containerd"):
+        pytest.fail("the CRI tests need root and containerd: run scripts/test-deps.sh as root")
+    runtime = Containerd(Path(tempfile.mkdtemp(prefix="podshell-containerd-")))
+    try:
+        runtime.start()
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture
+def kubelet(containerd):
+    """Plays the kubelet against L{containerd}; removes its pods after the test."""
+    from tests.containerd import Kubelet
+
+    player = Kubelet(containerd.endpoint)
+    try:
+        yield player
+    finally:
+        player.remove_all()
+        player.close()

@@ -41,8 +41,10 @@ class PodshellServer:
         api: str | None = None,
         ciphers: list[str] | None = None,
         wrap: list[str] | None = None,
+        runtime: dict | None = None,
     ) -> None:
-        """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's)."""
+        """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
+        C{runtime}: the runtime section instead of the local one running C{pods}."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -53,6 +55,8 @@ class PodshellServer:
             "policy": policy,
             "runtime": {"pods": "./pods.yaml", "backoff": {"initial": 0.5, "max": 1}},
         }
+        if runtime is not None:
+            config["runtime"] = runtime
         if api:
             config["api"] = {"listen": api}
         if ciphers:

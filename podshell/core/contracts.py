@@ -123,7 +123,10 @@ class Process(Protocol):
 
 class Node(Protocol):
     name: str
-    problem: str | None  # why the node cannot be reached now, or None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the node (or its runtime) cannot be reached now, or None."""
 
     def pods(self) -> list[dict[str, Any]]:
         """Its pods as v1 Pod objects."""

@@ -48,3 +48,4 @@ class PodStatus:
     phase: Phase
     failure: str | None  # why the pod failed as a whole (its sandbox), if it did
     containers: tuple[ContainerStatus, ...]
+    ip: str | None = None  # the pod's address, where its runtime gives it one (CNI)

@@ -77,6 +77,8 @@ def pod_json(pod: PodStatus, node: str) -> dict[str, Any]:
     }
     if pod.failure:
         status["message"] = pod.failure
+    if pod.ip:
+        status.update(podIP=pod.ip, podIPs=[{"ip": pod.ip}])
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
 
 
@@ -208,8 +210,9 @@ def pod_row(pod: dict[str, Any], now: datetime) -> list[Any]:
     ready = sum(1 for c in statuses if "running" in (c.get("state") or {}))
     restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
     meta = pod["metadata"]
+    ip = pod["status"].get("podIP", "<none>")
     return [meta["name"], f"{ready}/{len(pod['spec']['containers'])}", pod_status_word(pod), str(restarts),
-            _age(_parse_time(meta.get("creationTimestamp")), now), "<none>", pod["spec"].get("nodeName", "<none>"),
+            _age(_parse_time(meta.get("creationTimestamp")), now), ip, pod["spec"].get("nodeName", "<none>"),
             "<none>", "<none>"]  # fmt: skip
 
 

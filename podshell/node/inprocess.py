@@ -14,21 +14,23 @@ from podshell.core.logs import LogSource, Options
 from podshell.core.process import WindowSize
 from podshell.core.target import TargetError
 from podshell.kube.objects import pod_json
-from podshell.node.runtime.base import ContainerHandle
-from podshell.node.runtime.local import LocalRuntime
+from podshell.node.runtime.base import ContainerHandle, Runtime
 from podshell.node.spawner import Spawner
 
 
 class LocalNode:
-    problem: str | None = None
-
-    def __init__(self, name: str, runtime: LocalRuntime, spawner: Spawner) -> None:
+    def __init__(self, name: str, runtime: Runtime, spawner: Spawner) -> None:
         self.name = name
         self.runtime = runtime
         self.spawner = spawner
 
+    @property
+    def problem(self) -> str | None:
+        """The runtime's: every request that finds no pod says it."""
+        return self.runtime.problem
+
     def pods(self) -> list[dict[str, Any]]:
-        return [pod_json(p.status(), self.name) for p in self.runtime.pods()]
+        return [pod_json(p, self.name) for p in self.runtime.statuses()]
 
     def container_names(self, namespace: str, pod: str) -> list[str] | None:
         return self.runtime.container_names(namespace, pod)

@@ -4,6 +4,7 @@ and the key."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -44,11 +45,38 @@ class LogLimits(StrictModel):
     max_files: int = Field(default=5, ge=1)
 
 
+class RuntimeKind(StrEnum):
+    """Where pods come from: podshell's own, or a CRI's (the kubelet's)."""
+
+    LOCAL = "local"
+    CRI = "cri"
+
+
 class RuntimeConfig(StrictModel):
-    kind: Literal["local"] = "local"
+    kind: RuntimeKind = RuntimeKind.LOCAL
+    endpoint: str | None = Field(
+        default=None,
+        description="kind cri: the CRI socket, unix:///PATH; default containerd's, else CRI-O's if only it exists",
+    )
     pods: str | None = None
     backoff: Backoff = Backoff()
     logs: LogLimits = LogLimits()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _unix(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("unix:///") and len(v) > len("unix:///")):
+            raise ValueError(f"{v!r} is not unix:///ABSOLUTE/PATH (e.g. unix:///run/containerd/containerd.sock)")
+        return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> RuntimeConfig:
+        if self.kind is RuntimeKind.CRI:
+            if self.pods is not None:
+                raise ValueError("pods: with kind cri the pods are the kubelet's; podshell only reads them")
+        elif self.endpoint is not None:
+            raise ValueError("endpoint: only kind cri talks to a runtime's socket")
+        return self
 
 
 class AuditConfig(StrictModel):
@@ -179,4 +207,4 @@ def load_config(path: Path) -> tuple[Config, Path]:
     return config, path.parent.resolve()
 
 
-__all__ = ["VERBS", "Config", "ConfigError", "holds_manifests", "load_config", "resolve_path"]
+__all__ = ["VERBS", "Config", "ConfigError", "RuntimeKind", "holds_manifests", "load_config", "resolve_path"]

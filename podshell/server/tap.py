@@ -41,13 +41,15 @@ from podshell.kube.front import APIFactory, by_credentials
 from podshell.kube.resources import KubeAPI
 from podshell.node.agent import TrustGateway, gateway_requests
 from podshell.node.inprocess import LocalNode
+from podshell.node.runtime.cri.client import default_endpoint
+from podshell.node.runtime.cri.runtime import CRIRuntime
 from podshell.node.runtime.local import LocalRuntime, privilege_problem
 from podshell.node.runtime.manifest import Pod, load_pods
 from podshell.node.spawner import Spawner
 from podshell.pki.mutual import ClusterIdentity, NodeServerTLS
 from podshell.pki.state_ca import StateCA
 from podshell.server import defaults
-from podshell.server.config import Config, holds_manifests, load_config, resolve_path
+from podshell.server.config import Config, RuntimeKind, holds_manifests, load_config, resolve_path
 from podshell.server.heap import keep_buffers_on_the_heap
 
 log = Logger()
@@ -305,14 +307,10 @@ def makeService(options: Options) -> MultiService:
     )
     audit = AuditLog(audit_path)
     nodes: list[Node] = []
-    runtime: LocalRuntime | None = None
+    runtime: LocalRuntime | CRIRuntime | None = None
     if config.role in ("all", "node"):
         spawner = Spawner(reactor)
-        logs = config.runtime.logs
-        runtime = LocalRuntime(
-            reactor, spawner, loaded.pods, config.runtime.backoff,
-            log_dir=loaded.state_dir / "logs", log_max_size=logs.max_size, log_max_files=logs.max_files,
-        )  # fmt: skip
+        runtime = _runtime(reactor, loaded, spawner)
         nodes.append(LocalNode(config.node.name if config.node else "podshell", runtime, spawner))
     if config.role == "gateway":
         assert loaded.identity is not None
@@ -344,6 +342,20 @@ def makeService(options: Options) -> MultiService:
     if config.role != "node" and not loaded.directory.has_keys:
         _warn_about_keys(loaded)
     return top
+
+
+def _runtime(reactor, loaded: Loaded, spawner: Spawner) -> LocalRuntime | CRIRuntime:
+    """The pods this node serves: its own (kind local), or the kubelet's through the CRI."""
+    settings = loaded.config.runtime
+    if settings.kind is RuntimeKind.CRI:
+        endpoint = settings.endpoint or default_endpoint()
+        log.info("pods from the CRI runtime at {endpoint}", endpoint=endpoint)
+        return CRIRuntime(reactor, endpoint)
+    logs = settings.logs
+    return LocalRuntime(
+        reactor, spawner, loaded.pods, settings.backoff,
+        log_dir=loaded.state_dir / "logs", log_max_size=logs.max_size, log_max_files=logs.max_files,
+    )  # fmt: skip
 
 
 def _warn_about_old_state(loaded: Loaded) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from podshell.core.contracts import Process, Sink
+from podshell.core.logs import LogSource, Options
+from podshell.core.pods import PodStatus
 from podshell.core.target import ContainerNotRunning, NoSuchContainer, NoSuchPod, TargetError
 
 __all__ = [
@@ -13,6 +16,7 @@ __all__ = [
     "NoSuchContainer",
     "NoSuchPod",
     "ProcessRef",
+    "Runtime",
     "TargetError",
 ]
 
@@ -39,10 +43,32 @@ class ContainerHandle:
     working_dir: str | None = None
     user: str | None = None
     labels: dict[str, str] = field(default_factory=dict, compare=False)
-    runtime_spec: dict[str, Any] | None = field(
-        default=None, compare=False
-    )  # the container's OCI spec: exec is confined as runc exec
+    # the container's OCI spec: exec is confined as runc exec confines it
+    runtime_spec: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def path(self) -> str:
         return f"{self.namespace}/{self.pod}/{self.container}"
+
+
+class Runtime(Protocol):
+    """What a node's pods come from: podshell's own (L{local.LocalRuntime})
+    or a CRI's (L{cri.runtime.CRIRuntime}); L{podshell.node.inprocess.LocalNode}
+    serves either."""
+
+    @property
+    def problem(self) -> str | None:
+        """Why the runtime cannot be asked now (its socket is gone), or None."""
+
+    def statuses(self) -> list[PodStatus]: ...
+
+    def container_names(self, namespace: str, pod: str) -> list[str] | None: ...
+
+    def resolve(self, namespace: str, pod: str, container: str | None = None) -> ContainerHandle:
+        """The container as it runs now.
+
+        @raise TargetError: no such pod or container, or not running."""
+
+    def attach(self, handle: ContainerHandle, sink: Sink) -> Process: ...
+
+    def read_log(self, namespace: str, pod: str, container: str, previous: bool, options: Options) -> LogSource: ...

@@ -561,6 +561,7 @@ class LocalRuntime(Service):
     """Runs the pods of a manifest file and resolves targets to handles."""
 
     name = "runtime"
+    problem: str | None = None  # it is this process: always there
 
     def __init__(
         self,
@@ -588,6 +589,9 @@ class LocalRuntime(Service):
             (p for p in self._pods.values() if namespace is None or p.namespace == namespace),
             key=lambda p: (p.namespace, p.name),
         )
+
+    def statuses(self) -> list[PodStatus]:
+        return [p.status() for p in self.pods()]
 
     def find(self, namespace: str, name: str) -> LocalPod | None:
         return self._pods.get((namespace, name))
