@@ -227,9 +227,10 @@ def status_fields(text: str, fields: tuple[str, ...]) -> dict[str, str]:
     return {f: " ".join(lines[f].split()) for f in fields}
 
 
+LIMITS = ["cat", "/proc/self/limits"]
 PROBES = [
     ["cat", "/proc/self/cgroup"],
-    ["cat", "/proc/self/limits"],
+    LIMITS,
     ["id"],
     ["env"],
     ["pwd"],
@@ -238,6 +239,30 @@ PROBES = [
     ["sh", "-c", "renice -n 1 -p $$; echo $?"],
     ["sh", "-c", "linux32 true; echo $?"],
 ]
+
+
+def spec_nofile(container: Container) -> tuple[str, str] | None:
+    for entry in container.handle.runtime_spec["process"].get("rlimits", ()):
+        if entry["type"] == "RLIMIT_NOFILE":
+            return str(entry["soft"]), str(entry["hard"])
+    return None
+
+
+def without_nofile(limits: str, expect: tuple[str, str] | None = None) -> str:
+    """C{/proc/self/limits} without its open-files line, which runc 1.1
+    gets wrong at random: runc init is a Go program, Go 1.19 raises its
+    soft NOFILE to the hard limit at start-up, and that races with the
+    parent's prlimit of the spec's value. Ours must be the
+    spec's, when the spec sets one."""
+    kept, nofile = [], None
+    for line in limits.splitlines():
+        if line.startswith("Max open files"):
+            nofile = tuple(line.split()[3:5])
+        else:
+            kept.append(line)
+    if expect is not None:
+        assert nofile == expect, limits
+    return "\n".join(kept)
 
 
 async def same_as_runc(spawner, container: Container) -> dict[str, str]:
@@ -251,7 +276,10 @@ async def same_as_runc(spawner, container: Container) -> dict[str, str]:
     for probe in PROBES:
         code, theirs = container.runc_exec(probe)
         status, ours = await podshell_exec(spawner, container, probe)
-        assert (status.code, sorted(ours.splitlines())) == (code, sorted(theirs.splitlines())), probe
+        if probe == LIMITS:
+            theirs, ours = without_nofile(theirs), without_nofile(ours, expect=spec_nofile(container))
+        differ = sorted(set(ours.splitlines()) ^ set(theirs.splitlines()))
+        assert (status.code, sorted(ours.splitlines())) == (code, sorted(theirs.splitlines())), (probe, differ)
     # runc 1.1 leaves an exec the umask of whoever ran runc; the spec's is
     # the container's own, which its init has.
     init = Path(f"/proc/{container.handle.init.pid}/status").read_text()
