@@ -91,18 +91,28 @@ class Containerd:
             "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(self.root / "ipam")},
         }
         (self.root / "cni" / "10-podshell-test.conf").write_text(json.dumps(net))
-        config = self.root / "config.toml"
-        config.write_text(_CONFIG.format(root=self.root, pause=PAUSE_IMAGE))
+        (self.root / "config.toml").write_text(_CONFIG.format(root=self.root, pause=PAUSE_IMAGE))
         self.log = self.root / "containerd.log"
+        self.start_daemon()
+        self._import_images()
+
+    def start_daemon(self) -> None:
+        """containerd itself; a restart finds its pods again through their shims."""
         # A session of its own, as the node's containerd is: not the test run's child in its job.
         self.proc = subprocess.Popen(
-            ["containerd", "--config", str(config)],
-            stdout=self.log.open("wb"),
+            ["containerd", "--config", str(self.root / "config.toml")],
+            stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._wait_ready()
-        self._import_images()
+
+    def stop_daemon(self) -> None:
+        """containerd alone, as an upgrade stops it: shims and containers go on."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.socket.unlink(missing_ok=True)
 
     def ctr(self, *args: str) -> str:
         return subprocess.run(

@@ -26,6 +26,7 @@ from .conftest import Collect, needs_root, wait_for
 from .containerd import SLEEP, ContainerSpec
 from .sshserver import Client, PodshellServer, free_port, keygen
 from .support.kubectl import kubectl_binary
+from .support.waiting import wait_until
 
 pytestmark = needs_root
 TOKEN = "carol-token-0123456789abcdef"
@@ -142,8 +143,21 @@ def test_a_shell_less_image(server, kubelet):
     wait_listed(server, "bare")
     got = kubectl(server, "exec", "bare", "--", "/bin/busybox", "echo", "by-path")
     assert (got.returncode, got.stdout) == (0, b"by-path\n")
-    got = server.client.ssh("team-c.bare", "echo through a shell")  # an SSH command is run by /bin/sh
+    # SSH runs a command with /bin/sh -c: without one, a simple command runs
+    # as its words would, and shell syntax gets the one-line hint.
+    got = server.client.ssh("team-c.bare", "/bin/busybox echo  by  words")
+    assert (got.returncode, got.stdout) == (0, b"by words\n"), got.stderr
+    got = server.client.ssh("team-c.bare", "/bin/busybox echo piped | /bin/busybox wc -c")
     assert got.returncode == 127
+    assert got.stderr.decode().splitlines() == [
+        "podshell: this container's image has no /bin/sh: run a program by its path, "
+        "e.g. ssh ns.pod.ctr@gateway /path/to/program, or kubectl exec POD -- /path/to/program"
+    ]
+    shell = server.client.ssh("team-c.bare", input=b"")  # no command: a login shell
+    assert (shell.returncode, shell.stderr) == (got.returncode, got.stderr)
+    got = kubectl(server, "exec", "bare", "--", "ls")
+    assert got.returncode == 127
+    assert b'exec: "ls": executable file not found in $PATH' in got.stderr
 
 
 @pytest_twisted.ensureDeferred
@@ -194,6 +208,69 @@ async def test_runtime_socket_missing_at_start(containerd, kubelet, tmp_path):
         assert runtime.resolve("team-c", "late").container == "app"
     finally:
         await runtime.stopService()
+
+
+def shell_session(server, target: str, command: str) -> subprocess.Popen:
+    argv = [*server.client.ssh_argv(target), command]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def say(session: subprocess.Popen, line: bytes) -> bytes:
+    """One line to an echoing session, and its answer."""
+    assert session.stdin is not None and session.stdout is not None
+    session.stdin.write(line + b"\n")
+    session.stdin.flush()
+    return session.stdout.readline()
+
+
+def test_the_runtime_restarted_mid_session(server, kubelet, containerd):
+    kubelet.run_pod("team-c", "steady", ContainerSpec("app"))
+    wait_listed(server, "steady")
+    session = shell_session(server, "team-c.steady", "while read line; do echo got $line; done")
+    try:
+        assert say(session, b"before") == b"got before\n"
+        containerd.stop_daemon()
+        try:
+            # The session is the container's: it goes on without its runtime.
+            assert say(session, b"while down") == b"got while down\n"
+            # New requests say why the pod is not found.
+            wait_until(
+                lambda: b"does not answer" in server.client.ssh("team-c.steady", "true").stderr,
+                timeout=10,
+                what="requests to say the runtime does not answer",
+            )
+            refused = server.client.ssh("team-c.steady", "true")
+            assert refused.returncode != 0
+            assert str(containerd.socket).encode() in refused.stderr
+        finally:
+            containerd.start_daemon()
+        wait_listed(server, "steady", timeout=30)
+        got = server.client.ssh("team-c.steady", "echo back")
+        assert (got.returncode, got.stdout) == (0, b"back\n"), got.stderr
+        assert say(session, b"after") == b"got after\n"
+        out, err = session.communicate(b"", timeout=30)
+        assert (session.returncode, out) == (0, b""), err
+    finally:
+        session.kill()
+        session.wait()
+
+
+def test_a_container_that_stops_mid_session(server, kubelet):
+    pod = kubelet.run_pod("team-c", "short", ContainerSpec("app"))
+    wait_listed(server, "short")
+    session = shell_session(server, "team-c.short", "while read line; do echo got $line; done")
+    try:
+        assert say(session, b"first") == b"got first\n"
+        kubelet.stop_container(pod.containers["app"])
+        # Its PID 1 gone, the kernel kills the container's every process, ours too.
+        _, err = session.communicate(timeout=30)
+        assert session.returncode == 255, err  # OpenSSH's status for a command killed by a signal
+        got = server.client.ssh("team-c.short", "true")
+        assert got.returncode != 0
+        assert b"not running" in got.stderr, got.stderr
+    finally:
+        session.kill()
+        session.wait()
 
 
 def test_logs_from_the_cri_log_files(server, kubelet, tmp_path):

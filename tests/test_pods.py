@@ -130,7 +130,10 @@ async def test_exit_codes_signals_and_separate_stderr(start_pods, spawner):
     assert status == ExitStatus(signal="TERM")
     status, _, err = await run(spawner, handle, ["no-such-command-xyz"])
     assert status == ExitStatus(code=127)
-    assert b"no-such-command-xyz: command not found" in err
+    assert err == b'podshell: exec: "no-such-command-xyz": executable file not found in $PATH\n'
+    status, _, err = await run(spawner, handle, ["/no/such/program"])
+    assert status == ExitStatus(code=127)
+    assert err == b'podshell: exec: "/no/such/program": stat /no/such/program: no such file or directory\n'
     # A signal sent to the session reaches the command, not just the helper.
     sink = Collect()
     session = spawner.process(

@@ -223,24 +223,47 @@ def become(spec: dict, env: dict[str, str]) -> None:
     _exec(spec["argv"], env)
 
 
+_SHELL = "/bin/sh"
+# What makes a command more than words to exec: only a shell can run it.
+_SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[#~\n")
+_NO_SHELL = (
+    "this container's image has no /bin/sh: run a program by its path, "
+    "e.g. ssh ns.pod.ctr@gateway /path/to/program, or kubectl exec POD -- /path/to/program"
+)
+
+
+def _reason(e: OSError) -> str:
+    """An errno's words as the runtime (a Go program) prints them."""
+    return (e.strerror or str(e)).lower()
+
+
 def _exec(argv: list[str], env: dict[str, str]) -> None:
-    """C{execvpe} with the shell's exit codes, searching the command's own
-    PATH (C{os.execvpe} would import modules we may no longer reach)."""
+    """C{execvpe} with the runtime's exit codes and words, searching the
+    command's own PATH (C{os.execvpe} would import modules we may no
+    longer reach).  In an image without a shell, C{sh -c} of a simple
+    command (words, no shell syntax) runs those words, as sh itself would."""
     name = argv[0]
+    if name == _SHELL and len(argv) == 3 and argv[1] == "-c" and not os.path.exists(_SHELL):
+        words = argv[2].split()
+        if not words or "=" in words[0] or _SHELL_SYNTAX.intersection(argv[2]):
+            _fail(_NO_SHELL, 127)
+        argv, name = words, words[0]
     dirs = [""] if "/" in name else env.get("PATH", "/usr/bin:/bin").split(":")
     denied: OSError | None = None
     for d in dirs:
         try:
             os.execve(os.path.join(d, name) if d else name, argv, env)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError) as e:
+            if not d:
+                _fail(f'exec: "{name}": stat {name}: {_reason(e)}', 127)
             continue
         except PermissionError as e:
             denied = e
         except OSError as e:
-            _fail(f"{name}: {e.strerror}", 126)
+            _fail(f'exec: "{name}": {_reason(e)}', 126)
     if denied is not None:
-        _fail(f"{name}: {denied.strerror}", 126)
-    _fail(f"{name}: command not found", 127)
+        _fail(f'exec: "{name}": {_reason(denied)}', 126)
+    _fail(f'exec: "{name}": executable file not found in $PATH', 127)
 
 
 def _relay_and_wait(child: int) -> None:
