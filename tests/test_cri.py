@@ -75,7 +75,7 @@ def wait_listed(server, name: str, containers: int = 1, timeout: float = 5.0) ->
 
 def test_get_pods_shows_the_kubelets_pods(server, kubelet):
     annotations = {"kubectl.kubernetes.io/default-container": "side"}
-    kubelet.run_pod("team-c", "web", ContainerSpec("app"), ContainerSpec("side"), annotations=annotations)
+    web = kubelet.run_pod("team-c", "web", ContainerSpec("app"), ContainerSpec("side"), annotations=annotations)
     pod, took = wait_listed(server, "web", containers=2)
     assert took < 1.0 + INTERVAL  # kubectl's own start-up counts too
     assert pod["metadata"]["namespace"] == "team-c"
@@ -90,6 +90,14 @@ def test_get_pods_shows_the_kubelets_pods(server, kubelet):
     row = table.stdout.decode().split("\n")[1].split()
     assert row[:4] == ["web", "2/2", "Running", "0"]
     assert row[5] == pod["status"]["podIP"] and row[5].startswith("10.")  # the CNI's address
+    described = kubectl(server, "describe", "pod", "web")
+    assert described.returncode == 0, described.stderr
+    text = described.stdout.decode()
+    assert "Namespace:    team-c" in text and "Status:       Running" in text
+    assert text.count("Image:          podshell.test/busybox:1") == 2
+    assert "containerd://" in text  # the container IDs, as a kubelet reports them
+    assert statuses["app"]["containerID"] == f"containerd://{web.containers['app']}"
+    assert statuses["app"]["imageID"].startswith("sha256:")
     # The default container, from the annotation.
     got = server.client.ssh("team-c.web", "echo $HOSTNAME; cat /proc/1/cmdline | tr '\\0' ' '")
     assert got.returncode == 0, got.stderr

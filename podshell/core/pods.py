@@ -34,6 +34,8 @@ class ContainerStatus:
     last_state: ContainerState | None
     restart_count: int
     pid: int | None  # its init process now, if it runs
+    container_id: str | None = None  # "RUNTIME://ID", where a runtime names its containers
+    image_id: str = ""  # the image's digest reference, where the runtime gives it
 
 
 @dataclass(frozen=True)

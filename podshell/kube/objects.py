@@ -42,11 +42,13 @@ def _container_status(c: ContainerStatus) -> dict[str, Any]:
         "started": c.state.kind == "running",
         "restartCount": c.restart_count,
         "image": c.image,
-        "imageID": "",
+        "imageID": c.image_id,
     }
     if c.last_state is not None:
         status["lastState"] = _state(c.last_state)
-    if c.pid is not None:
+    if c.container_id is not None:
+        status["containerID"] = c.container_id
+    elif c.pid is not None:
         status["containerID"] = f"podshell://{c.pid}"
     return status
 

@@ -91,6 +91,7 @@ class Container:
     name: str
     restart_count: int
     image: str
+    image_id: str
     state: State
     created: datetime
     started: datetime | None
@@ -115,9 +116,9 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def version(self) -> str:
-        reply = self._cri.Version(cri.VersionRequest(), timeout=TIMEOUT)
-        return f"{reply.runtime_name} {reply.runtime_version}"
+    def runtime_name(self) -> str:
+        """As a kubelet prefixes container IDs with it (C{containerd}, C{cri-o})."""
+        return self._cri.Version(cri.VersionRequest(), timeout=TIMEOUT).runtime_name
 
     def sandboxes(self, known: Mapping[str, Sandbox]) -> dict[str, Sandbox]:
         """The kubelet's sandboxes; C{known} ones are asked about again only
@@ -178,6 +179,7 @@ class Client:
             name=status.labels[CONTAINER_NAME],
             restart_count=int(restarts) if restarts.isdigit() else status.metadata.attempt,
             image=status.image.image,
+            image_id=status.image_ref,
             state=state,
             created=_time(status.created_at) or datetime.now(UTC),
             started=_time(status.started_at),

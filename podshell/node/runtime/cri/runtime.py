@@ -42,6 +42,7 @@ INTERVAL = 0.5  # seconds between listings: how stale a pod may be
 class Snapshot:
     sandboxes: Mapping[str, Sandbox]
     containers: Mapping[str, Container]
+    runtime: str = ""  # its name, as container IDs are prefixed with it
 
 
 def _state(c: Container) -> ContainerState:
@@ -62,8 +63,9 @@ def _state(c: Container) -> ContainerState:
 class CRIPod:
     """A kubelet's pod: its sandbox and every run of its containers."""
 
-    def __init__(self, sandbox: Sandbox, runs: list[Container]) -> None:
+    def __init__(self, sandbox: Sandbox, runs: list[Container], runtime: str) -> None:
         self.sandbox = sandbox
+        self.runtime = runtime
         by_name: dict[str, list[Container]] = defaultdict(list)
         for run in sorted(runs, key=lambda c: (c.restart_count, c.created)):
             by_name[run.name].append(run)
@@ -91,7 +93,12 @@ class CRIPod:
             current = runs[-1]
             last = _state(runs[-2]) if len(runs) > 1 else None
             pid = current.process.pid if current.process else None
-            containers.append(ContainerStatus(name, current.image, _state(current), last, current.restart_count, pid))
+            containers.append(
+                ContainerStatus(
+                    name, current.image, _state(current), last, current.restart_count, pid,
+                    container_id=f"{self.runtime}://{current.id}", image_id=current.image_id,
+                )
+            )  # fmt: skip
         labels = {k: v for k, v in self.sandbox.labels.items() if not k.startswith("io.kubernetes.")}
         annotations = {k: v for k, v in self.sandbox.annotations.items() if not k.startswith("io.kubernetes.cri")}
         manifest = {
@@ -195,7 +202,8 @@ class CRIRuntime(Service):
         return d.addCallback(finished)
 
     def _list(self, old: Snapshot) -> Snapshot:
-        return Snapshot(self.client.sandboxes(old.sandboxes), self.client.containers(old.containers))
+        runtime = old.runtime or self.client.runtime_name()
+        return Snapshot(self.client.sandboxes(old.sandboxes), self.client.containers(old.containers), runtime)
 
     def _listed(self, snapshot: Snapshot) -> None:
         if self.problem is not None:
@@ -208,7 +216,7 @@ class CRIRuntime(Service):
         pods: dict[tuple[str, str], CRIPod] = {}
         # A pod whose sandbox was made again: the newest (a ready one first) is the pod.
         for sandbox in sorted(snapshot.sandboxes.values(), key=lambda s: (s.ready, s.created)):
-            pods[(sandbox.namespace, sandbox.name)] = CRIPod(sandbox, runs[sandbox.id])
+            pods[(sandbox.namespace, sandbox.name)] = CRIPod(sandbox, runs[sandbox.id], snapshot.runtime)
         self._pods = pods
 
     def _failed(self, failure: Failure) -> None:
