@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import cri
 from tests.conftest import PYTHON, pod
 from tests.podserver import SOURCE_PORT, download, pattern
 from tests.sshserver import PODSERVER, Client, PodshellServer, free_port, keygen, wait_port
@@ -404,7 +405,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and counts (a smoke run)")
     parser.add_argument("--json", default="bench/results.json", help="where to write the figures")
     parser.add_argument(
-        "--only", nargs="*", help="run only these parts (forward, exec, latency, kubectl, shells, streams)"
+        "--only", nargs="*", help="run only these parts (forward, exec, latency, kubectl, shells, streams, cri)"
     )
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -419,6 +420,7 @@ def main() -> int:
             parts = {
                 "forward": bench.ssh_forward, "exec": bench.exec_stdout, "latency": bench.latency,
                 "kubectl": bench.kubectl_forward, "shells": bench.idle_shells, "streams": bench.concurrent_forwards,
+                "cri": lambda: cri.run(bench.record, args.quick, median_ms),
             }  # fmt: skip
             for name, part in parts.items():
                 if not args.only or name in args.only:
