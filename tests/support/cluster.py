@@ -53,8 +53,13 @@ def wait_log(path: Path, pattern: str, count: int = 1, timeout: float = 30) -> N
 
 
 class Cluster:
-    def __init__(self, root: Path) -> None:
+    """C{cri} puts a node agent on a container runtime: C{{"node-2": "unix:///…"}}
+    runs node-2 on that CRI socket (the kubelet's pods) instead of its L{PODS}."""
+
+    def __init__(self, root: Path, cri: dict[str, str] | None = None) -> None:
         self.root = root
+        self.cri = cri or {}
+        self.pods = {name: [] if name in self.cri else pods for name, pods in PODS.items()}
         self.hosts = Hosts(["gw", "node-1", "node-2"])
         try:
             self._setup()
@@ -75,15 +80,16 @@ class Cluster:
         podshell("ca", "init", "--dir", "other", cwd=root)
         podshell("ca", "issue", "--dir", "other", "--name", "gw-1", "--role", "gateway", cwd=root)
         self.nodes: dict[str, subprocess.Popen] = {}
-        for name, pods in PODS.items():
+        for name, pods in self.pods.items():
             (root / name).mkdir()
             (root / name / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+            runtime = {"kind": "cri", "endpoint": self.cri[name]} if name in self.cri else {"pods": "./pods.yaml"}
             config = {
                 "role": "node",
                 "state_dir": "./state",
                 "node": {"name": name, "listen": f"tcp:{NODE_PORT}:interface={hosts.address[name]}"},
                 "tls": {"ca": "../pki/ca.crt", "cert": f"../pki/{name}.crt", "key": f"../pki/{name}.key"},
-                "runtime": {"pods": "./pods.yaml"},
+                "runtime": runtime,
             }
             (root / name / "podshell.yaml").write_text(yaml.safe_dump(config))
             self.start_node(name)
@@ -104,8 +110,9 @@ class Cluster:
         self.gw_log = root / "gw" / "twistd.log"
         self.gateway = hosts.start("gw", self.twistd("gw"), self.gw_log, root / "gw")
         wait_log(self.gw_log, "Kubernetes API listening")
-        for name, pods in PODS.items():
-            wait_log(self.gw_log, rf"node {name} at \S+: {len(pods)} pods")
+        for name, pods in self.pods.items():
+            count = r"\d+" if name in self.cri else str(len(pods))  # the kubelet's, however many
+            wait_log(self.gw_log, rf"node {name} at \S+: {count} pods")
         # ssh, kubectl and the CLI, all on the gateway's host.
         self.port = 2222
         self.known_hosts = root / "known_hosts"
@@ -126,7 +133,7 @@ class Cluster:
         before = log.read_text().count("node agent listening") if log.exists() else 0
         self.nodes[name] = self.hosts.start(name, self.twistd(name), log, self.root / name)
         wait_log(log, "node agent listening", before + 1)
-        wait_log(log, r"container \S+ started", len(PODS[name]) * (before + 1))
+        wait_log(log, r"container \S+ started", len(self.pods[name]) * (before + 1))
 
     def kubectl(self, *args: str, version: str = KUBECTL, **kw) -> subprocess.CompletedProcess:
         return self.hosts.run("gw", *self.kubectl_argv(version), *args, **kw)
