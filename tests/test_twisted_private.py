@@ -19,13 +19,17 @@ from twisted.conch import error
 from twisted.conch.ssh import channel, common, connection, factory, service, transport, userauth
 from twisted.copyright import version as VERSION
 from twisted.internet import defer, process, reactor
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import implementer
 
 import podshell
 from podshell.core import twisted_private as fence
+from podshell.gateway.nodes import _QuietEndpoints
 
 
 def changed(name: str, what: str) -> str:
@@ -339,6 +343,27 @@ def test_an_auth_method_may_answer_for_itself():
     auth.loginAttempts = 0
     auth._ebBadAuth(Failure(error.IgnoreAuthentication()))
     assert auth.transport.sent == [] and auth.loginAttempts == 0, changed("IgnoreAuthentication", "it is answered")
+
+
+def test_the_node_agents_pool_connects_quietly():
+    """The pod listing's connections: Twisted's HTTP client factory made
+    quiet through Factory.noisy, not by replacing the pool's private factory."""
+    seen: list[object] = []
+
+    @implementer(IStreamClientEndpoint)
+    class Endpoint:
+        def connect(self, protocolFactory: object) -> defer.Deferred:
+            seen.append(protocolFactory)
+            return defer.Deferred()
+
+    class Node:
+        def endpointForURI(self, uri: object) -> Endpoint:
+            return Endpoint()
+
+    clock = MemoryReactorClock()
+    agent = Agent.usingEndpointFactory(clock, _QuietEndpoints(Node()), HTTPConnectionPool(clock))
+    agent.request(b"GET", b"https://node-1:10250/api/v1/pods")
+    assert len(seen) == 1 and isinstance(seen[0], Factory) and not seen[0].noisy
 
 
 # The fence is complete.
