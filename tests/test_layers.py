@@ -142,3 +142,85 @@ def test_the_checker_sees_a_test_module_imported(tmp_path):
         "tests/support/late.py imports tests.test_a (move what it needs to tests/support/)",
         "tests/test_b.py imports tests.test_a (move what it needs to tests/support/)",
     ]
+
+
+# Private Twisted names: only podshell/core/twisted_private.py spells them.
+FENCE = Path("podshell/core/twisted_private.py")
+_NAME_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
+
+
+def private_twisted_uses(root: Path = ROOT, names: frozenset[str] | None = None) -> list[str]:
+    """Every use, outside the fence, of a fenced private Twisted name (an
+    attribute, a method or class attribute defined, a getattr string) and
+    every import of a private Twisted module or name."""
+    if names is None:
+        from podshell.core.twisted_private import PRIVATE_NAMES as names
+    paths = [*(root / "podshell").rglob("*.py"), *(root / "twisted").rglob("*.py")]
+    out = []
+    for path in sorted(paths):
+        where = path.relative_to(root)
+        if where == FENCE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        found: list[tuple[int, str]] = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                found.append((node.lineno, f"uses .{node.attr}"))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
+                found.append((node.lineno, f"defines {node.name}"))
+            elif isinstance(node, ast.ClassDef):
+                for statement in node.body:
+                    targets = statement.targets if isinstance(statement, ast.Assign) else []
+                    if isinstance(statement, ast.AnnAssign):
+                        targets = [statement.target]
+                    for target in targets:
+                        if isinstance(target, ast.Name) and target.id in names:
+                            found.append((statement.lineno, f"defines {target.id}"))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAME_CALLS:
+                if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and node.args[1].value in names:
+                    found.append((node.lineno, f"uses {node.args[1].value!r}"))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "twisted" and not node.level:
+                private = [p for p in node.module.split(".") if p.startswith("_")]  # type: ignore[union-attr]
+                private += [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    found.append((node.lineno, f"imports {', '.join(private)} from {node.module}"))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "twisted" and any(p.startswith("_") for p in parts):
+                        found.append((node.lineno, f"imports {alias.name}"))
+        out += [f"{where}:{line} {what} (private to Twisted: go through {FENCE})" for line, what in sorted(found)]
+    return out
+
+
+def test_private_twisted_names_only_in_the_fence():
+    found = private_twisted_uses()
+    assert not found, "\n" + "\n".join(found)
+
+
+def test_the_fence_checker_sees_every_kind_of_use(tmp_path):
+    (tmp_path / "podshell/core").mkdir(parents=True)
+    (tmp_path / "twisted/plugins").mkdir(parents=True)
+    (tmp_path / FENCE).write_text("def _fork(self):\n    self._fork()\n")
+    (tmp_path / "podshell/core/user.py").write_text(
+        "from twisted.web.client import Agent, _HTTP11ClientFactory\n"
+        "import twisted.internet._sslverify\n"
+        "class P:\n"
+        "    _log = None\n"
+        "    def _fork(self):\n"
+        "        return self._fork, getattr(self, '_fork'), self._fine\n"
+    )
+    (tmp_path / "twisted/plugins/plugin.py").write_text("from twisted.internet._glibbase import x\n")
+    assert private_twisted_uses(tmp_path, frozenset({"_fork", "_log"})) == [
+        f"podshell/core/user.py:{line} {what} (private to Twisted: go through {FENCE})"
+        for line, what in [
+            (1, "imports _HTTP11ClientFactory from twisted.web.client"),
+            (2, "imports twisted.internet._sslverify"),
+            (4, "defines _log"),
+            (5, "defines _fork"),
+            (6, "uses '_fork'"),
+            (6, "uses ._fork"),
+        ]
+    ] + [
+        f"twisted/plugins/plugin.py:1 imports _glibbase from twisted.internet._glibbase (private to Twisted: go through {FENCE})"
+    ]

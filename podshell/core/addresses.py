@@ -6,7 +6,7 @@ import ipaddress
 import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ISystemHandle
 
 
 def host_port(address: IAddress) -> str:
@@ -60,7 +60,9 @@ def set_no_delay(transport: object) -> None:
 def _tcp_socket(transport: object) -> socket.socket | None:
     """The TCP socket under a transport (through TLS and wrappers), if any."""
     while transport is not None:
-        sock = getattr(transport, "socket", None)
+        # TCP's handle is its socket; TLS's is its OpenSSL connection, and the
+        # TCP transport it wraps is its .transport.
+        sock = transport.getHandle() if ISystemHandle.providedBy(transport) else None
         if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
             return sock
         transport = getattr(transport, "transport", None)

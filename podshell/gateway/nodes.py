@@ -20,8 +20,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFact
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
+from zope.interface import implementer
 
 from podshell.core.addresses import ip_of, join, set_keepalive, set_no_delay
 from podshell.core.contracts import DEFAULT_CONTAINER, Grant, Placement, Process, Sink, Upgrade
@@ -49,7 +50,9 @@ class RemoteNode:
         self.refresh_every = refresh
         self.problem: str | None = "not contacted yet"
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}
-        self._agent = Agent.usingEndpointFactory(reactor, self, _QuietPool(reactor, persistent=True))
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _QuietEndpoints(self), HTTPConnectionPool(reactor, persistent=True)
+        )
 
     # Reaching it.
     def endpointForURI(self, uri: object = None) -> IStreamClientEndpoint:
@@ -183,14 +186,27 @@ class _Once(Factory):
         return self.protocol_
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False
+class _QuietEndpoints:
+    """The agent's way to the node (C{IAgentEndpointFactory}): pod listings
+    every few seconds, without two log lines each from the factory of each
+    new pooled connection."""
+
+    def __init__(self, node: RemoteNode) -> None:
+        self.node = node
+
+    def endpointForURI(self, uri: object) -> IStreamClientEndpoint:
+        return _QuietEndpoint(self.node.endpointForURI(uri))
 
 
-class _QuietPool(HTTPConnectionPool):
-    """Pod listings every few seconds, without two log lines each."""
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self.endpoint = endpoint
 
-    _factory = _QuietFactory
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        return self.endpoint.connect(protocolFactory)
 
 
 class _SpliceClient(Protocol):

@@ -30,14 +30,14 @@ from typing import Any, Protocol, cast
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IPushProducer
-from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
-from twisted.internet.process import Process, PTYProcess
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from podshell.core.process import ExitStatus, WindowSize, signal_number
+from podshell.core.twisted_private import ForkHooks, Process, PTYProcess, read_in_chunks_of
 from podshell.node import confine, nsexec
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
@@ -224,42 +224,18 @@ class ProcessSession(ProcessProtocol):
             self.signal("KILL")
 
 
-def _read_more(reader: object, deliver: Callable[[bytes], object]) -> None:
-    """Read a process's output 64 KiB at a time instead of Twisted's 8 KiB:
-    each chunk becomes an SSH packet or a WebSocket frame downstream, so
-    bigger reads mean a quarter of the per-chunk work for bulk output."""
-    fd: int = reader.fd  # type: ignore[attr-defined]
-
-    def doRead() -> object:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return CONNECTION_LOST
-        if not data:
-            return CONNECTION_DONE
-        deliver(data)
-        return None
-
-    reader.doRead = doRead  # type: ignore[attr-defined]
-
-
-class _BornInContainer:
+class _BornInContainer(ForkHooks):
     """What turns Twisted's C{Process} and C{PTYProcess} into a command in a
     container: the fork happens with the container's pid namespace for
     children, the child joins the container's other namespaces first thing,
     and then becomes the command (L{nsexec.become}) instead of exec'ing
-    what Twisted was given."""
+    what Twisted was given.  (No posix_spawn: it cannot enter namespaces.)"""
 
     _spec: dict
     _env: dict[str, str]
     _pidfd: int
 
-    def _trySpawnInsteadOfFork(self, *args: object) -> bool:
-        return False  # posix_spawn cannot enter namespaces
-
-    def _fork(self, path, uid, gid, executable, args, environment, **kwargs) -> None:
+    def around_fork(self, fork: Callable[[], None]) -> None:
         pid, started = self._spec["target"]
         self._pidfd = os.pidfd_open(pid)
         try:
@@ -267,13 +243,13 @@ class _BornInContainer:
                 raise ProcessLookupError(f"process {pid} is gone")
             nsexec.setns(self._pidfd, nsexec.CLONE_NEWPID)
             try:
-                super()._fork(path, uid, gid, executable, args, environment, **kwargs)  # type: ignore[misc]
+                super().around_fork(fork)
             finally:
                 nsexec.setns(_own_pid_namespace(), nsexec.CLONE_NEWPID)
         finally:
             os.close(self._pidfd)
 
-    def _setupChild(self, *args: object, **kwargs: object) -> None:
+    def in_child(self) -> None:
         confinement: Confinement | None = self._spec.get("confinement")
         if confinement is not None:
             try:
@@ -285,25 +261,23 @@ class _BornInContainer:
         except OSError as e:
             os.write(2, f"podshell: cannot enter the container: {e}\n".encode())
             os._exit(126)
-        super()._setupChild(*args, **kwargs)  # type: ignore[misc]
+        super().in_child()
 
-    def _execChild(self, path, uid, gid, executable, args, environment) -> None:
+    def exec_child(self, path, uid, gid, executable, args, environment) -> None:
         nsexec.become(self._spec, dict(self._env))
 
 
-class _OwnSession:
+class _OwnSession(ForkHooks):
     """A child without a terminal, in a session of its own, as a terminal's
     child is in Twisted's C{PTYProcess}: pods are not part of the server's
     job.  A Ctrl-C on the terminal of a foreground C{twistd} stops the
     server, which stops its pods as promised (SIGTERM, then SIGKILL),
-    instead of reaching them as SIGINT first."""
+    instead of reaching them as SIGINT first.  (No posix_spawn: it makes no
+    session.)"""
 
-    def _trySpawnInsteadOfFork(self, *args: object) -> bool:
-        return False  # Twisted's posix_spawn makes no session
-
-    def _setupChild(self, *args: object, **kwargs: object) -> None:
+    def in_child(self) -> None:
         os.setsid()
-        super()._setupChild(*args, **kwargs)  # type: ignore[misc]
+        super().in_child()
 
 
 class _NsexecProcess(_OwnSession, Process):
@@ -378,12 +352,9 @@ class Spawner:
                 process = PTYProcess(self._reactor, self._python, argv, dict(env), None, session, usePTY=usePTY)
             else:
                 process = _NsexecProcess(self._reactor, self._python, argv, dict(env), None, session)
-        if tty:
-            _read_more(process, lambda data: session.childDataReceived(1, data))
-        else:
-            for fd in (1, 2):
-                reader = process.pipes[fd]
-                _read_more(reader, reader.dataReceived)
+        # Each chunk becomes an SSH packet or a WebSocket frame downstream:
+        # 64 KiB reads are a quarter of the per-chunk work of Twisted's 8 KiB.
+        read_in_chunks_of(READ_SIZE, process)
         return session
 
     @staticmethod

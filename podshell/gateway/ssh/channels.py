@@ -26,6 +26,7 @@ from zope.interface import implementer
 from podshell.core.addresses import host_port
 from podshell.core.contracts import Session
 from podshell.core.transports import StreamTransport
+from podshell.core.twisted_private import log_through
 from podshell.gateway.ssh.logs import conch_logger
 
 if TYPE_CHECKING:
@@ -36,10 +37,10 @@ PACKET = 32 * 1024
 
 
 @implementer(IPushProducer)
+@log_through(conch_logger)
 class PodChannel(SSHChannel):
     """A channel that flushes before EOF and can hold back the client."""
 
-    _log = conch_logger
     inboundPaused = False
     _eofPending = False
 

@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.ssh import transport
 
+from podshell.core.twisted_private import held_for_key_exchange
+
 GCM_KEY_SIZES = {b"aes128-gcm@openssh.com": 16, b"aes256-gcm@openssh.com": 32}
 CTR = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
 TAG = 16
@@ -108,8 +110,7 @@ class GCMTransportMixin:
             super().sendPacket(messageType, payload)  # type: ignore[misc]
             return
         t: transport.SSHTransportBase = self  # type: ignore[assignment]
-        if t._keyExchangeState != t._KEY_EXCHANGE_NONE and not t._allowedKeyExchangeMessageType(messageType):
-            t._blockedByKeyExchange.append((messageType, payload))
+        if held_for_key_exchange(t, messageType, payload):
             return
         data = bytes((messageType,)) + payload
         if t.outgoingCompression:

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from podshell.core.transports import StreamTransport
+from podshell.core.twisted_private import confirm_channel, log_through
 from podshell.gateway.ssh.channels import PodChannel
 from podshell.gateway.ssh.logs import conch_logger
 
@@ -34,8 +35,9 @@ class OpenFailed(Exception):
 
 
 @implementer(IPushProducer)
+@log_through(conch_logger)
 class PodConnection(connection.SSHConnection):
-    _log = log = conch_logger
+    log = conch_logger
     sendingPaused = False
 
     def serviceStarted(self) -> None:
@@ -76,16 +78,7 @@ class PodConnection(connection.SSHConnection):
         if self.transport is None or getattr(self.transport.transport, "disconnecting", True):
             channel.closed()  # the client left while we were connecting
             return
-        channel.conn = self  # getChannel could only set it on the Deferred
-        local = self.localChannelID
-        self.localChannelID += 1
-        channel.id = local
-        self.channels[local] = channel
-        self.channelsToRemoteChannel[channel] = senderChannel
-        self.localToRemoteChannel[local] = senderChannel
-        confirm = struct.pack(">4L", senderChannel, local, channel.localWindowSize, channel.localMaxPacket)
-        self.transport.sendPacket(connection.MSG_CHANNEL_OPEN_CONFIRMATION, confirm + channel.specificData)
-        channel.channelOpen(data)
+        confirm_channel(self, channel, senderChannel, data)
 
     def _openFailed(self, failure: Failure, senderChannel: int) -> None:
         error = failure.value

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from twisted.conch.error import ValidPublicKey
+from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport, userauth
 from twisted.conch.ssh.factory import SSHFactory
@@ -33,6 +33,7 @@ from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Directory, Identity
 from podshell.core.addresses import ack_now, host_port, set_no_delay
 from podshell.core.transports import StreamTransport
+from podshell.core.twisted_private import log_through
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
@@ -43,11 +44,10 @@ from podshell.gateway.ssh.logs import conch_logger
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
 
+@log_through(conch_logger)
 class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
     """Conch's transport with AES-GCM, without the legacy algorithms (CBC,
     3DES, MD5, SHA-1).  The ciphers offered are the configuration's."""
-
-    _log = conch_logger
 
     ourVersionString = f"SSH-2.0-podshell_{__version__}".encode()
     supportedCiphers = list(GCM_KEY_SIZES)
@@ -111,8 +111,8 @@ class _PeerPortal:
         return self.portal.login(credentials, self.peer, *interfaces)
 
 
+@log_through(conch_logger)
 class PodUserAuth(userauth.SSHUserAuthServer):
-    _log = conch_logger
     loginTimeout = 60
     attemptsBeforeDisconnect = 6
 
@@ -122,14 +122,19 @@ class PodUserAuth(userauth.SSHUserAuthServer):
         assert self.transport is not None and self.transport.transport is not None
         self.portal = _PeerPortal(self.portal, host_port(self.transport.transport.getPeer()))
 
-    def _ebBadAuth(self, reason: Failure) -> None:
-        if reason.check(Denied):
-            assert self.transport is not None
-            self.transport.sendDisconnect(
-                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, f"podshell: {reason.value}".encode()
-            )
-            return
-        super()._ebBadAuth(reason)
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred:
+        return super().tryAuth(kind, user, data).addErrback(self.refuseDenied)
+
+    def refuseDenied(self, reason: Failure) -> Failure:
+        """A proven key for a name or pod its owner may not use: the
+        connection ends with one line saying why, and Conch, told
+        L{IgnoreAuthentication}, neither answers nor counts an attempt."""
+        reason.trap(Denied)
+        assert self.transport is not None
+        self.transport.sendDisconnect(
+            transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE, f"podshell: {reason.value}".encode()
+        )
+        return Failure(IgnoreAuthentication())
 
 
 @implementer(ICredentialsChecker)
@@ -170,8 +175,8 @@ class PodRealm:
         return IConchUser, user, user.logout
 
 
+@log_through(conch_logger)
 class PodSSHFactory(SSHFactory):
-    _log = conch_logger
     noisy = False
     protocol = PodServerTransport
     services = {b"ssh-userauth": PodUserAuth, b"ssh-connection": PodConnection}
