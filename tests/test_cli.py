@@ -50,7 +50,7 @@ def test_config_check_reports_one_line(tmp_path):
     bad.write_text("runtime: {kind: docker}\n")
     result = run("config", "check", str(bad))
     assert result.returncode == 1
-    assert result.stderr == f"podshell: {bad}: runtime.kind: Input should be 'local'\n"
+    assert result.stderr == f"podshell: {bad}: runtime.kind: Input should be 'local' or 'cri'\n"
     assert result.stdout == ""
 
 
