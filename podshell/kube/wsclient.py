@@ -188,6 +188,8 @@ class ChannelProcess:
             return
         if self._final is not None:
             self.status = self._final
+        elif self.gone and self._failure == self.lost:
+            self.status = ExitStatus(LOST)  # we closed it: nobody is left to tell
         else:
             self.sink.errReceived(f"podshell: {self._failure}\r\n".encode())
             self.status = ExitStatus(LOST)
