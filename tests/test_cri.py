@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from podshell.core import kubeconfig
-from podshell.core.process import WindowSize
+from podshell.core.process import ExitStatus, WindowSize
 from podshell.core.target import ContainerNotRunning, NoSuchPod
 from podshell.core.yamlfile import ConfigError
 from podshell.node.runtime.cri import client
@@ -430,6 +430,19 @@ async def test_a_terminal_is_resized_and_a_paused_reader_holds_the_output(cri_ru
     await wait_for(lambda: b"done-42\r\n" in sink.out, timeout=20, what="all of the output")
     assert sink.out.count(b"\0") == 8 * MiB  # NULs pass a terminal as they are
     attached.hangup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signal_reaches_the_main_process_and_its_end_ends_the_attachment(cri_runtime, kubelet):
+    script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.1; done"
+    spec = ContainerSpec("app", command=["/bin/sh", "-c", script])
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "trap", spec)
+    await wait_for(lambda: attached.ws is not None, timeout=5, what="the attachment")
+    with pytest.raises(ValueError):
+        attached.signal("NOPE")
+    attached.signal("TERM")
+    assert await sink.done == ExitStatus(0)  # the runtime's Success: the container ended
+    assert sink.out.endswith(b"got-term\n") and sink.err == b""
 
 
 @pytest_twisted.ensureDeferred
