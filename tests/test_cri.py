@@ -304,6 +304,36 @@ def test_kubectl_attach_joins_the_containers_stdio(server, kubelet, version, tra
     assert echo["restartCount"] == 0 and "running" in echo["state"]
 
 
+def echoed(proc: subprocess.Popen, data: bytes) -> bytes:
+    """Write C{data} to an attached client, and read as much back."""
+    assert proc.stdin is not None and proc.stdout is not None
+    writer = threading.Thread(target=write_and_flush, args=(proc.stdin, data))
+    writer.start()
+    try:
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = proc.stdout.read1(len(data) - len(got))
+            assert chunk, f"attach ended after {len(got)} of {len(data)} bytes"
+            got += chunk
+        return bytes(got)
+    finally:
+        writer.join(timeout=30)
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_kubectl_attach_passes_every_byte(server, kubelet, transport):
+    kubelet.run_pod("team-c", "bulk", ContainerSpec("cat", command=CAT, stdin=True))
+    wait_listed(server, "bulk")
+    for n in (65537, MiB + 3):
+        data = random.Random(n).randbytes(n)
+        proc = attach_kubectl(server, "1.33", transport, "-i", "-q", "bulk")
+        try:
+            assert hashlib.sha256(echoed(proc, data)).digest() == hashlib.sha256(data).digest(), n
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=15)
+
+
 @pytest.mark.parametrize("transport", ["spdy", "websocket"])
 def test_kubectl_attach_to_a_terminal_gets_its_size_and_resizes(server, kubelet, transport):
     kubelet.run_pod("team-c", "term", ContainerSpec("sh", command=["/bin/sh"], stdin=True, tty=True))
@@ -341,17 +371,9 @@ def test_cli_attach_passes_every_byte_both_ways(server, kubelet, home):
         proc = subprocess.Popen([PODSHELL, "attach", "-i", "team-c/data/cat"], env=cli_env(home),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         assert proc.stdin is not None and proc.stdout is not None
-        writer = threading.Thread(target=write_and_flush, args=(proc.stdin, data))
-        writer.start()
         try:
-            got = bytearray()
-            while len(got) < n:
-                chunk = proc.stdout.read1(n - len(got))
-                assert chunk, f"attach ended after {len(got)} of {n} bytes"
-                got += chunk
-            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest(), n
+            assert hashlib.sha256(echoed(proc, data)).digest() == hashlib.sha256(data).digest(), n
         finally:
-            writer.join(timeout=30)
             proc.terminate()
             proc.communicate(timeout=15)
     assert running(server, "data")["cat"]["restartCount"] == 0

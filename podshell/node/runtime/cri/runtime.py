@@ -258,7 +258,8 @@ class CRIRuntime(Service):
 
         @raise TargetError: the container restarted since C{handle} was made.
         """
-        run = self._pod(handle.namespace, handle.pod).runs.get(handle.container, [None])[-1]
+        runs = self._pod(handle.namespace, handle.pod).runs.get(handle.container)
+        run = runs[-1] if runs else None
         if run is None or run.process != handle.init:
             raise ContainerNotRunning(handle.namespace, handle.pod, handle.container, "it restarted or stopped")
         attachment = RuntimeAttachment(self.reactor, handle, sink, run.stdin, run.tty)
