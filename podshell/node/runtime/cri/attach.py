@@ -17,8 +17,9 @@ runtime cannot carry differs here:
  - B{detaching} (the client goes away): the stream is closed and the
    runtime drops this attachment; the container runs on.
  - B{no stdin} (C{stdin: false}): the runtime takes the attachment and
-   discards input (containerd 1.6 answers with no error), as the local
-   runtime and a kubelet do; we do not send it, nor count it as delivered.
+   discards input (containerd 1.6 answers with no error, nor do a kubelet
+   and the API server), as the local runtime does; we do not send it, nor
+   count it as delivered, and say so once in the node's log.
  - B{a terminal}: the attachment asks for one exactly when the container
    has one (the runtime refuses stderr with a tty); resizes go on channel 4.
  - B{signals}: the attach protocol has none; we signal the container's
@@ -32,6 +33,7 @@ import signal as signals
 from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from podshell.core.contracts import Sink
@@ -41,6 +43,7 @@ from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning
 from podshell.protocols import remotecommand as rc
 
+log = Logger()
 CONNECT_TIMEOUT = 5.0
 PEER = "the container runtime's streaming server"
 
@@ -54,6 +57,7 @@ class RuntimeAttachment(ChannelProcess):
         self.reactor = reactor
         self.handle = handle
         self.stdin = stdin
+        self._said_no_stdin = False
 
     def connect(self, url: str) -> None:
         if self.gone or self.status is not None:
@@ -75,6 +79,10 @@ class RuntimeAttachment(ChannelProcess):
     def write(self, data: bytes) -> None:
         if self.stdin:
             super().write(data)
+        elif data and not self._said_no_stdin:
+            self._said_no_stdin = True
+            path = self.handle.path
+            log.info("attach to {path}: the container has no stdin (stdin: false): input dropped", path=path)
 
     def closeStdin(self) -> None:
         """Nothing to send: v4 cannot half-close (see the module's doc)."""
