@@ -64,7 +64,8 @@ class RuntimeAttachment(ChannelProcess):
             return  # detached while the runtime was asked: nothing to open
         where = urlsplit(url)
         if where.scheme != "http" or not where.hostname or where.port is None:
-            self.failed(f"cannot attach to {self.handle.path}: {PEER} gave a URL podshell cannot dial: {url!r}")
+            why = f"the container runtime gave a URL podshell cannot dial: {url!r}"
+            self.failed(f"cannot attach to {self.handle.path}: {why}")
             return
         target = where.path + (f"?{where.query}" if where.query else "")
         ws = ClientWebSocket(self.reactor, where.netloc, target, rc.V4, [], self, peer=PEER)
