@@ -187,6 +187,10 @@ class ContainerSpec:
     readonly_rootfs: bool = False
     memory_limit: int = 0
     restart_count: int = 0
+    # Its stdio as the kubelet asks for it (the Pod's stdin, stdinOnce, tty).
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
 
 
 @dataclass
@@ -258,6 +262,9 @@ class Kubelet:
             labels=labels,
             annotations={"io.kubernetes.container.restartCount": str(spec.restart_count)},
             log_path=f"{spec.name}/{spec.restart_count}.log" if pod.config.log_directory else "",
+            stdin=spec.stdin,
+            stdin_once=spec.stdin_once,
+            tty=spec.tty,
             linux=cri.LinuxContainerConfig(
                 resources=cri.LinuxContainerResources(memory_limit_in_bytes=spec.memory_limit, cpu_shares=2),
                 security_context=context,

@@ -150,3 +150,15 @@ def test_a_slow_front_door_stops_the_hop_and_the_node_stops_reading_stdin(node, 
     wire.pump()
     assert bytes(sink.out) == b"x" * (2 * PIPE_SIZE) + b"y" * PIPE_SIZE
     assert not remote.readingPaused
+
+
+def test_a_front_door_that_goes_before_the_stream_opens_leaves_nothing_running(node, audit):
+    process, sink, wire = hop(node, audit)
+    process.write(b"never sent")
+    process.hangup()  # the SSH client went away while the node was being dialled
+    wire.pump()
+    node.clock.advance(0)
+    wire.pump()
+    # The node started it as the stream opened; the close that came next hung it up.
+    assert [(p.bytes_in, p.status) for p in node.processes] == [(0, ExitStatus(signal="HUP"))]
+    assert sink.done.called and bytes(sink.err) == b""  # nobody is left to tell

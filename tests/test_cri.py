@@ -3,9 +3,12 @@ by tests/containerd.py), seen and entered through every front door."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import subprocess
+import threading
 import time
 import urllib.request
 
@@ -14,6 +17,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from podshell.core import kubeconfig
+from podshell.core.process import ExitStatus, WindowSize
 from podshell.core.target import ContainerNotRunning, NoSuchPod
 from podshell.core.yamlfile import ConfigError
 from podshell.node.runtime.cri import client
@@ -22,10 +26,12 @@ from podshell.node.spawner import Spawner
 from podshell.server.config import RuntimeKind
 from podshell.server.tap import load
 
-from .conftest import Collect, needs_root, wait_for
+from .conftest import Collect, needs_root, sleep, wait_for
 from .containerd import SLEEP, ContainerSpec
 from .sshserver import Client, PodshellServer, free_port, keygen
-from .support.kubectl import kubectl_binary
+from .support.cli import PODSHELL, cli, cli_env
+from .support.kubectl import kubectl_binary, transport_env
+from .support.terminal import Terminal
 from .support.waiting import wait_until
 
 pytestmark = needs_root
@@ -48,6 +54,7 @@ def server(tmp_path_factory, containerd):
         api_url = f"https://127.0.0.1:{port}"
         kubeconfig.write(root / "kubeconfig", kubeconfig.render(api_url, "carol", TOKEN, ca, "team-c"))
         server.client = Client(server, key)
+        server.api_url = api_url
         yield server
     finally:
         server.stop()
@@ -341,3 +348,229 @@ def test_config_of_the_cri_runtime(tmp_path):
         load(config_file(tmp_path, '{endpoint: "unix:///run/containerd/containerd.sock"}'))
     with pytest.raises(ConfigError, match=r"runtime\.kind"):
         load(config_file(tmp_path, "{kind: docker}"))
+
+
+# attach: the container's own stdio, through the runtime's streaming server.
+ECHO = ["/bin/sh", "-c", "while read l; do echo got:$l; echo err:$l >&2; done"]
+TICKS = ["/bin/sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done"]
+CAT = ["/bin/busybox", "cat"]
+MiB = 1 << 20
+
+
+def running(server, name: str) -> dict:
+    """The statuses of a pod's containers, by name, once all of them run again."""
+    pod, _ = wait_listed(server, name, containers=1)
+    return {c["name"]: c for c in pod["status"]["containerStatuses"]}
+
+
+def attach_kubectl(server, version: str, transport: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "KUBECONFIG": str(server.root / "kubeconfig"), **transport_env(transport)}
+    return subprocess.Popen([kubectl_binary(version), "attach", *args], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+@pytest.mark.parametrize(("version", "transport"), [("1.20", "spdy"), ("1.33", "spdy"), ("1.33", "websocket")])
+def test_kubectl_attach_joins_the_containers_stdio(server, kubelet, version, transport):
+    """stdin reaches the container's main process, its stdout and stderr come
+    back apart; detaching leaves it running, and the next attach works."""
+    kubelet.run_pod("team-c", "chat", ContainerSpec("echo", command=ECHO, stdin=True))
+    wait_listed(server, "chat")
+    for word in ("first", "second"):
+        proc = attach_kubectl(server, version, transport, "-i", "chat", "-c", "echo")
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(f"{word}\n".encode())
+        proc.stdin.flush()
+        assert proc.stdout.readline() == f"got:{word}\n".encode()
+        assert proc.stderr.readline().startswith(b"If you don't see a command prompt")
+        assert proc.stderr.readline() == f"err:{word}\n".encode()
+        proc.terminate()  # detach
+        proc.communicate(timeout=15)
+    echo = running(server, "chat")["echo"]
+    assert echo["restartCount"] == 0 and "running" in echo["state"]
+
+
+def echoed(proc: subprocess.Popen, data: bytes) -> bytes:
+    """Write C{data} to an attached client, and read as much back."""
+    assert proc.stdin is not None and proc.stdout is not None
+    writer = threading.Thread(target=write_and_flush, args=(proc.stdin, data))
+    writer.start()
+    try:
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = proc.stdout.read1(len(data) - len(got))
+            assert chunk, f"attach ended after {len(got)} of {len(data)} bytes"
+            got += chunk
+        return bytes(got)
+    finally:
+        writer.join(timeout=30)
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_kubectl_attach_passes_every_byte(server, kubelet, transport):
+    kubelet.run_pod("team-c", "bulk", ContainerSpec("cat", command=CAT, stdin=True))
+    wait_listed(server, "bulk")
+    for n in (65537, MiB + 3):
+        data = random.Random(n).randbytes(n)
+        proc = attach_kubectl(server, "1.33", transport, "-i", "-q", "bulk")
+        try:
+            assert hashlib.sha256(echoed(proc, data)).digest() == hashlib.sha256(data).digest(), n
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=15)
+
+
+@pytest.mark.parametrize("transport", ["spdy", "websocket"])
+def test_kubectl_attach_to_a_terminal_gets_its_size_and_resizes(server, kubelet, transport):
+    kubelet.run_pod("team-c", "term", ContainerSpec("sh", command=["/bin/sh"], stdin=True, tty=True))
+    wait_listed(server, "term")
+    env = [f"{k}={v}" for k, v in transport_env(transport).items()]
+    argv = ["env", f"KUBECONFIG={server.root / 'kubeconfig'}", *env, kubectl_binary("1.33"), "attach", "-it", "term"]
+    term = Terminal(argv, 30, 90)
+    # kubectl sends its size one larger and then its own (to redraw the screen): wait for the second.
+    term.resize(30, 90)
+    term.resize(45, 120)
+    term.proc.terminate()  # detach: the shell runs on
+    assert term.close() != 0
+    assert "running" in running(server, "term")["sh"]["state"]
+
+
+@pytest.fixture(scope="module")
+def home(server, tmp_path_factory):
+    """A user of the native CLI who has logged in to the CRI server."""
+    home = tmp_path_factory.mktemp("home")
+    ca = str(server.root / "state" / "ca.crt")
+    got = cli(home, "login", "--server", server.api_url, "--token", TOKEN, "--certificate-authority", ca)
+    assert got.returncode == 0, got.stderr
+    return home
+
+
+def test_cli_attach_passes_every_byte_both_ways(server, kubelet, home):
+    """Sizes either side of 16 KiB and 64 KiB, and over a MiB, each through
+    an attachment of its own to the same cat: every byte comes back."""
+    kubelet.run_pod("team-c", "data", ContainerSpec("cat", command=CAT, stdin=True))
+    wait_listed(server, "data")
+    assert PODSHELL
+    for n in (1, 16383, 16385, 65535, 65537, MiB + 3):
+        data = random.Random(n).randbytes(n)
+        proc = subprocess.Popen([PODSHELL, "attach", "-i", "team-c/data/cat"], env=cli_env(home),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            assert hashlib.sha256(echoed(proc, data)).digest() == hashlib.sha256(data).digest(), n
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=15)
+    assert running(server, "data")["cat"]["restartCount"] == 0
+
+
+def write_and_flush(stream, data: bytes) -> None:
+    stream.write(data)
+    stream.flush()
+
+
+@pytest.fixture
+def cri_runtime(containerd):
+    runtime = CRIRuntime(reactor, containerd.endpoint)
+    runtime.startService()
+    yield runtime
+    pytest_twisted.blockon(runtime.stopService())
+
+
+async def attach_to(runtime, kubelet, name: str, spec: ContainerSpec):
+    """A pod of one container, and a sink attached to it through C{runtime}."""
+    kubelet.run_pod("team-c", name, spec)
+    await wait_for(lambda: runtime.container_names("team-c", name) == [spec.name], timeout=5)
+    handle = runtime.resolve("team-c", name, spec.name)
+    sink = Collect()
+    return handle, sink, runtime.attach(handle, sink)
+
+
+@pytest_twisted.ensureDeferred
+async def test_input_before_the_runtime_answers_is_kept_and_detach_is_quiet(cri_runtime, kubelet):
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "early", ContainerSpec("echo", command=ECHO, stdin=True))
+    attached.write(b"early\n")  # the runtime has not given its URL yet
+    await wait_for(lambda: b"got:early\n" in sink.out, timeout=5, what="the echo")
+    await wait_for(lambda: bytes(sink.err) == b"err:early\n", timeout=5, what="its stderr")
+    assert attached.bytes_in == 6
+    attached.closeStdin()  # v4 cannot half-close: the stdin stays open, the output keeps coming
+    attached.hangup()
+    await wait_for(lambda: sink.done.called, timeout=5, what="the end of the attachment")
+    assert bytes(sink.err) == b"err:early\n"  # detached: nothing to say
+    again = Collect()
+    second = cri_runtime.attach(cri_runtime.resolve("team-c", "early", "echo"), again)
+    second.write(b"again\n")
+    await wait_for(lambda: again.out == b"got:again\n", timeout=5, what="the second attachment's echo")
+    assert sink.out == b"got:early\n"  # the first one is gone
+    second.hangup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_container_without_stdin_gives_output_and_takes_no_input(cri_runtime, kubelet):
+    """containerd takes the attachment and would discard input (no error):
+    podshell asks for no stdin and sends none, as the local runtime does."""
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "ticker", ContainerSpec("ticks", command=TICKS))
+    attached.write(b"ignored\n")
+    await wait_for(lambda: sink.out.count(b"\n") >= 3, timeout=5, what="ticks")
+    assert attached.bytes_in == 0 and sink.err == b""
+    attached.hangup()
+    await sink.done
+    assert cri_runtime.resolve("team-c", "ticker").container == "ticks"  # still running
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_terminal_is_resized_and_a_paused_reader_holds_the_output(cri_runtime, kubelet):
+    spec = ContainerSpec("sh", command=["/bin/sh"], stdin=True, tty=True)
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "tty", spec)
+    attached.resize(WindowSize(33, 101))
+    for _ in range(25):  # the runtime resizes in a goroutine of its own: a line typed may get there first
+        attached.write(b"stty size\n")
+        await sleep(0.2)
+        if b"33 101\r\n" in sink.out:
+            break
+    assert b"33 101\r\n" in sink.out, bytes(sink.out[-300:])
+    # 8 MiB of output to a reader that stopped: it waits in the runtime, not here.
+    sink.out.clear()
+    attached.pauseProducing()
+    attached.write(b"head -c 8388608 /dev/zero; echo done-$((40+2))\n")
+    await sleep(0.5)
+    held = len(sink.out)
+    await sleep(0.5)
+    assert len(sink.out) == held < 8 * MiB
+    attached.resumeProducing()
+    await wait_for(lambda: b"done-42\r\n" in sink.out, timeout=20, what="all of the output")
+    assert sink.out.count(b"\0") == 8 * MiB  # NULs pass a terminal as they are
+    attached.hangup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_signal_reaches_the_main_process_and_its_end_ends_the_attachment(cri_runtime, kubelet):
+    script = "trap 'echo got-term; exit 0' TERM; echo ready; while :; do sleep 0.1; done"
+    spec = ContainerSpec("app", command=["/bin/sh", "-c", script])
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "trap", spec)
+    await wait_for(lambda: attached.ws is not None, timeout=5, what="the attachment")
+    with pytest.raises(ValueError):
+        attached.signal("NOPE")
+    attached.signal("TERM")
+    assert await sink.done == ExitStatus(0)  # the runtime's Success: the container ended
+    assert sink.out.endswith(b"got-term\n") and sink.err == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_attach_refused_by_the_runtime_says_why(containerd, kubelet):
+    runtime = CRIRuntime(reactor, containerd.endpoint, interval=3600)  # one listing: it will not see the stop
+    try:
+        pod = kubelet.run_pod("team-c", "gone", ContainerSpec("app"))
+        runtime.startService()
+        await wait_for(lambda: runtime.container_names("team-c", "gone") == ["app"], timeout=5)
+        handle = runtime.resolve("team-c", "gone")
+        kubelet.stop_container(pod.containers["app"])
+        sink = Collect()
+        attached = runtime.attach(handle, sink)
+        status = await sink.done
+        assert status == attached.status and status.code == 255
+        assert bytes(sink.err) == (
+            b"podshell: cannot attach to team-c/gone/app: the container runtime says: "
+            b"container is in CONTAINER_EXITED state\r\n"
+        )
+    finally:
+        await runtime.stopService()

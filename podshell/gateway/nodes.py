@@ -117,7 +117,7 @@ class RemoteNode:
         target = f"/api/v1/namespaces/{quote(where.namespace)}/pods/{quote(where.pod)}/{sub}?{urlencode(query)}"
         ws = NodeWebSocket(self.reactor, self.address, target, protocol, self._behalf(grant), app)
         ws.why_lost = self.why
-        self.endpointForURI().connect(_Once(ws)).addErrback(lambda f: ws._fail(self.why(f)))
+        self.endpointForURI().connect(_Once(ws)).addErrback(lambda f: ws.fail(self.why(f)))
 
     def process(
         self,

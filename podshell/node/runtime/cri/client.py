@@ -103,6 +103,10 @@ class Container:
     log_path: str
     process: ProcessRef | None
     spec: dict[str, Any] | None  # the full OCI runtime spec
+    # How the kubelet made its stdio (ContainerConfig): attach must ask for the same.
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
 
 
 class Client:
@@ -172,6 +176,9 @@ class Client:
         status = reply.status
         info = json.loads(reply.info.get("info", "{}"))
         state = State(status.state)
+        config = info.get("config") or {}  # containerd's; a runtime without it: the spec says tty
+        spec = info.get("runtimeSpec") or {}
+        tty = bool(config.get("tty", (spec.get("process") or {}).get("terminal", False)))
         restarts = status.annotations.get(RESTART_COUNT, "")
         return Container(
             id=status.id,
@@ -191,4 +198,13 @@ class Client:
             log_path=status.log_path,
             process=_process(int(info.get("pid", 0))) if state is State.RUNNING else None,
             spec=info.get("runtimeSpec"),
+            stdin=bool(config.get("stdin", "config" not in info)),  # unknown: ask, and let the runtime decide
+            stdin_once=bool(config.get("stdin_once", False)),
+            tty=tty,
         )
+
+    def attach(self, container_id: str, stdin: bool, tty: bool) -> str:
+        """The streaming URL of an attachment to the container's stdio
+        (stdout, and stderr unless it has a terminal)."""
+        request = cri.AttachRequest(container_id=container_id, stdin=stdin, tty=tty, stdout=True, stderr=not tty)
+        return str(self._cri.Attach(request, timeout=TIMEOUT).url)

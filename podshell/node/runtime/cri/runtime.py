@@ -28,9 +28,10 @@ from twisted.python.failure import Failure
 from podshell.core.contracts import DEFAULT_CONTAINER, Process, Sink
 from podshell.core.logs import LogSource, Options
 from podshell.core.pods import ContainerState, ContainerStatus, Phase, PodStatus
-from podshell.core.target import LogsUnavailable, TargetError
+from podshell.core.target import LogsUnavailable
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, NoSuchContainer, NoSuchPod
+from podshell.node.runtime.cri.attach import RuntimeAttachment
 from podshell.node.runtime.cri.client import Client, Container, RpcError, Sandbox, State
 from podshell.node.runtime.cri.logs import CRILog
 
@@ -107,7 +108,7 @@ class CRIPod:
             "metadata": {"name": self.name, "namespace": self.namespace, "labels": labels, "annotations": annotations},
             "spec": {
                 "hostname": self.sandbox.hostname,
-                "containers": [{"name": n, "image": r[-1].image} for n, r in self.runs.items()],
+                "containers": [_container_spec(n, r[-1]) for n, r in self.runs.items()],
             },
         }
         started = min((c.started for r in self.runs.values() for c in r if c.started), default=None)
@@ -149,6 +150,16 @@ class CRIPod:
             labels=dict(run.labels),
             runtime_spec=run.spec,
         )
+
+
+def _container_spec(name: str, run: Container) -> dict[str, object]:
+    """A v1 Container as kubectl reads it; attach -t needs C{tty} (false
+    fields left out, as the API server does)."""
+    spec: dict[str, object] = {"name": name, "image": run.image}
+    spec.update(
+        (key, True) for key, on in (("stdin", run.stdin), ("stdinOnce", run.stdin_once), ("tty", run.tty)) if on
+    )
+    return spec
 
 
 def _alive(pid: int, started: int) -> bool:
@@ -249,7 +260,25 @@ class CRIRuntime(Service):
         return self._pod(namespace, pod).handle(container)
 
     def attach(self, handle: ContainerHandle, sink: Sink) -> Process:
-        raise TargetError(f"{handle.path}: attach to a container of the CRI runtime is not supported yet (exec is)")
+        """Join the container's own stdio through the runtime's C{Attach}
+        (L{podshell.node.runtime.cri.attach}); the call runs in a thread, and
+        what the runtime refuses is said on stderr as the attachment ends.
+
+        @raise TargetError: the container restarted since C{handle} was made.
+        """
+        runs = self._pod(handle.namespace, handle.pod).runs.get(handle.container)
+        run = runs[-1] if runs else None
+        if run is None or run.process != handle.init:
+            raise ContainerNotRunning(handle.namespace, handle.pod, handle.container, "it restarted or stopped")
+        attachment = RuntimeAttachment(self.reactor, handle, sink, run.stdin, run.tty)
+
+        def refused(failure: Failure) -> None:
+            error = failure.value
+            details = error.details() if isinstance(error, RpcError) and hasattr(error, "details") else str(error)
+            attachment.failed(f"cannot attach to {handle.path}: the container runtime says: {details}")
+
+        deferToThread(self.client.attach, run.id, run.stdin, run.tty).addCallbacks(attachment.connect, refused)
+        return attachment
 
     def read_log(self, namespace: str, pod: str, container: str, previous: bool, options: Options) -> LogSource:
         """The current run's log, or the one before: the kubelet's rules
