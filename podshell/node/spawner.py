@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.core.process import ExitStatus, WindowSize, signal_number
-from podshell.node import confine, nsexec
+from podshell.core.process import SFTP_SERVER, ExitStatus, WindowSize, signal_number
+from podshell.node import confine, nsexec, sftpserver
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
@@ -288,7 +288,15 @@ class _BornInContainer:
         super()._setupChild(*args, **kwargs)  # type: ignore[misc]
 
     def _execChild(self, path, uid, gid, executable, args, environment) -> None:
-        nsexec.become(self._spec, dict(self._env))
+        builtin = self._spec.get("builtin")
+        nsexec.become(self._spec, dict(self._env), BUILTINS[builtin] if builtin else None)
+
+
+# podshell's own programs, which a child runs instead of exec'ing a binary
+# of the image: by the name a front door asks for in argv[0], the entry
+# point (called once the child is the container's, see L{nsexec.become}).
+# Imported with this module, long before any child enters a container.
+BUILTINS: dict[str, Callable[[dict[str, str]], int]] = {SFTP_SERVER: sftpserver.main}
 
 
 class _OwnSession:
@@ -416,6 +424,8 @@ class Spawner:
         """
         if not argv:
             raise ValueError("no command given")
+        if argv[0] in BUILTINS and len(argv) == 1:
+            tty = False  # a server on a byte stream, whatever terminal was asked for
         spec: dict[str, Any] = {
             "mode": "exec",
             "target": [handle.init.pid, handle.init.started],
@@ -424,6 +434,8 @@ class Spawner:
             "user": user if user is not None else handle.user,
             "workdir": workdir or handle.working_dir,
         }
+        if argv[0] in BUILTINS and len(argv) == 1:
+            spec["builtin"] = argv[0]
         try:
             environment = self.environment(handle.hostname, handle.env, env, tty)
             if handle.runtime_spec is not None:
