@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gc
 import os
 import resource
@@ -25,6 +26,8 @@ from podshell.protocols import sftp
 from podshell.protocols.sftp import Attrs
 
 READ_CHUNK = 1 << 20  # what we read from stdin at once
+PIPE_SIZE = 1 << 20  # the unprivileged maximum (fs.pipe-max-size) by default
+_F_SETPIPE_SZ = 1031
 FLUSH_AT = 1 << 20  # replies held before writing them, while requests are waiting
 DIRECTORY_BATCH = 100
 _SIX_MONTHS = 182 * 24 * 3600
@@ -474,12 +477,17 @@ def serve(stdin: int = 0, stdout: int = 1, home: bytes | None = None) -> int:
     server = Server(home)
     out: list[bytes] = []
     held = 0
+    for fd in (stdin, stdout):  # fewer, larger pipe transfers between the server and us
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    chunk = bytearray(READ_CHUNK)  # read into, not a new megabyte for every read
+    view = memoryview(chunk)
     try:
         while True:
-            data = os.read(stdin, READ_CHUNK)
-            if not data:
+            n = os.readv(stdin, [chunk])
+            if not n:
                 break
-            for event in decoder.feed(data):
+            for event in decoder.feed(view[:n]):
                 for part in server.handle(event):
                     out.append(part)
                     held += len(part)

@@ -152,6 +152,15 @@ class _Reader:
         self.pos = pos + 8
         return _U64.unpack_from(self.data, pos)[0]
 
+    def payload(self) -> bytearray:
+        """A string as a bytearray: one copy, for data to write."""
+        n = self.u32()
+        pos = self.pos
+        if pos + n > self.end:
+            raise _Short("string")
+        self.pos = pos + n
+        return self.data[pos : pos + n]  # type: ignore[return-value]
+
     def string(self) -> bytes:
         n = self.u32()
         pos = self.pos
@@ -179,12 +188,13 @@ class _Reader:
         return a
 
 
-# The fields of each request after its id: s string, u uint32, q uint64, a attrs.
+# The fields of each request after its id: s string, u uint32, q uint64, a attrs,
+# d a string of data (a bytearray).
 _LAYOUT: dict[int, str] = {
     OPEN: "sua",
     CLOSE: "s",
     READ: "squ",
-    WRITE: "sqs",
+    WRITE: "sqd",
     LSTAT: "s",
     FSTAT: "s",
     SETSTAT: "sa",
@@ -244,6 +254,8 @@ def _fields(r: _Reader, layout: str) -> tuple:
             out.append(r.u32())
         elif kind == "q":
             out.append(r.u64())
+        elif kind == "d":
+            out.append(r.payload())
         else:
             out.append(r.attrs())
     return tuple(out)
@@ -257,7 +269,7 @@ class Decoder:
         self._max = max_packet
         self.initialised = False
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """The complete packets now buffered, decoded.
 
         @raise ProtocolError: the stream cannot go on.
