@@ -28,6 +28,7 @@ from podshell.protocols.sftp import Attrs
 READ_CHUNK = 1 << 20  # what we read from stdin at once
 PIPE_SIZE = 1 << 20  # the unprivileged maximum (fs.pipe-max-size) by default
 _F_SETPIPE_SZ = 1031
+_IOV_MAX = 1024
 FLUSH_AT = 1 << 20  # replies held before writing them, while requests are waiting
 DIRECTORY_BATCH = 100
 _SIX_MONTHS = 182 * 24 * 3600
@@ -161,12 +162,17 @@ class Server:
     # Dispatch.
     def handle(self, event: sftp.Event) -> list[bytes]:
         """The reply (as buffers to write in order) to one event."""
+        if type(event) is sftp.Request:
+            return self._request(event)
         if isinstance(event, sftp.Init):
             return [sftp.version()]
         if isinstance(event, sftp.Malformed):
             return [sftp.status(event.id, sftp.FX_BAD_MESSAGE, f"bad message: {event.reason}")]
         if isinstance(event, sftp.Unknown):
             return [sftp.status(event.id, sftp.FX_OP_UNSUPPORTED, f"unsupported {event.what}")]
+        return self._request(event)
+
+    def _request(self, event: sftp.Request) -> list[bytes]:
         method = self._methods.get(event.kind)
         if method is None:
             return [sftp.status(event.id, sftp.FX_OP_UNSUPPORTED, "operation unsupported")]
@@ -464,10 +470,14 @@ class Server:
 
 
 def _write_all(fd: int, buffers: list[bytes]) -> None:
-    data = memoryview(b"".join(buffers))
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
+    """Write the replies in order, without joining them (DATA replies are big)."""
+    views = [memoryview(b) for b in buffers]
+    while views:
+        n = os.writev(fd, views[:_IOV_MAX])
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def serve(stdin: int = 0, stdout: int = 1, home: bytes | None = None) -> int:

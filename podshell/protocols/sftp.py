@@ -53,6 +53,8 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _HEAD = struct.Struct(">IBI")  # length, type, request id
 _STATVFS = struct.Struct(">11Q")
+_READ_TAIL = struct.Struct(">QI")  # offset, length
+_WRITE_TAIL = struct.Struct(">QI")  # offset, the data's length
 
 
 class ProtocolError(Exception):
@@ -308,6 +310,10 @@ class Decoder:
         if end - start < 5:
             raise ProtocolError(f"packet of type {kind} too short for a request id")
         request_id = _U32.unpack_from(buffer, start + 1)[0]
+        if kind in (WRITE, READ):  # the bulk of a transfer: no general parsing
+            fast = self._bulk(buffer, kind, request_id, start + 5, end)
+            if fast is not None:
+                return fast
         r = _Reader(buffer, start + 5, end)
         layout = _LAYOUT.get(kind)
         name: int | str = kind
@@ -326,6 +332,26 @@ class Decoder:
         if r.pos != end:
             return Malformed(request_id, f"{_describe(name)}: {end - r.pos} bytes too many")
         return Request(request_id, name, args)
+
+    @staticmethod
+    def _bulk(buffer: bytearray, kind: int, request_id: int, pos: int, end: int) -> Request | None:
+        """A well-formed READ or WRITE (None: let the general parser say what is wrong)."""
+        if pos + 4 > end:
+            return None
+        n = _U32.unpack_from(buffer, pos)[0]
+        pos += 4
+        if kind == READ:
+            if pos + n + 12 != end:
+                return None
+            offset, length = _READ_TAIL.unpack_from(buffer, pos + n)
+            return Request(request_id, READ, (bytes(buffer[pos : pos + n]), offset, length))
+        if pos + n + 12 > end:
+            return None
+        offset, size = _WRITE_TAIL.unpack_from(buffer, pos + n)
+        start = pos + n + 12
+        if start + size != end:
+            return None
+        return Request(request_id, WRITE, (bytes(buffer[pos : pos + n]), offset, buffer[start:end]))
 
 
 def _describe(kind: int | str) -> str:
