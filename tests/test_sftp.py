@@ -214,6 +214,22 @@ def test_a_shell_less_image(cri_server, kubelet, tmp_path):
     check(ssh.scp(str(up), "team-s.bare@127.0.0.1:/tmp/scp.bin"))
     check(ssh.scp("team-s.bare@127.0.0.1:/tmp/scp.bin", str(tmp_path / "scp.bin")))
     assert (tmp_path / "scp.bin").read_bytes() == up.read_bytes()
+    # Legacy scp (-O) too, with no scp and no shell in the image: podshell's.
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "b.bin").write_bytes(os.urandom(300_000))
+    (tree / "a.txt").write_text("a")
+    os.chmod(tree / "a.txt", 0o640)
+    check(ssh.scp("-O", str(up), "team-s.bare@127.0.0.1:/tmp/legacy.bin"))
+    check(ssh.scp("-O", "-r", "-p", str(tree), "team-s.bare@127.0.0.1:/tmp/"))
+    back = tmp_path / "back"
+    check(ssh.scp("-O", "-r", "-p", "team-s.bare@127.0.0.1:/tmp/tree", str(back)))
+    assert (back / "sub" / "b.bin").read_bytes() == (tree / "sub" / "b.bin").read_bytes()
+    assert (back / "a.txt").stat().st_mode & 0o777 == 0o640
+    check(ssh.scp("-O", "team-s.bare@127.0.0.1:/tmp/legacy.bin", "team-s.bare@127.0.0.1:/tmp/l*", str(tmp_path)))
+    assert (tmp_path / "legacy.bin").read_bytes() == up.read_bytes()
+    r = ssh.scp("-O", "team-s.bare@127.0.0.1:/tmp/missing", str(tmp_path))
+    assert r.returncode == 1 and b"/tmp/missing: No such file or directory" in r.stderr, r.stderr
     # The container's files: its /etc/passwd, not the host's.
     check(ssh.scp("team-s.bare@127.0.0.1:/etc/passwd", str(tmp_path / "passwd")))
     assert "app:x:1000:1000:app:/home:/bin/sh" in (tmp_path / "passwd").read_text()

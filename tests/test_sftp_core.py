@@ -11,7 +11,8 @@ import struct
 import pytest
 
 from podshell.node import sftpserver
-from podshell.protocols import sftp
+from podshell.protocols import scp, sftp
+from podshell.protocols.scp import ScpCommand
 from podshell.protocols.sftp import Attrs, Decoder, Init, Malformed, ProtocolError, Request, Unknown
 
 
@@ -184,3 +185,38 @@ def test_server_reads_writes_and_copies(tmp_path):
     assert (tmp_path / "f").read_bytes() == b"\0\0\0abcabc"
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert status_of(replies(server, Request(6, sftp.CLOSE, (handle,))))[1] == sftp.FX_OK
+
+
+def test_bulk_reads_and_writes_parse_and_refuse_like_the_rest():
+    d = started()
+    write = s(b"h") + struct.pack(">Q", 7) + s(b"data")
+    read = s(b"h") + struct.pack(">QI", 9, 100)
+    assert d.feed(request(sftp.WRITE, 1, write) + request(sftp.READ, 2, read)) == [
+        Request(1, sftp.WRITE, (b"h", 7, b"data")),
+        Request(2, sftp.READ, (b"h", 9, 100)),
+    ]
+    assert d.feed(request(sftp.WRITE, 3, write[:-1])) == [Malformed(3, "write: truncated string")]
+    assert d.feed(request(sftp.WRITE, 4, write + b"!")) == [Malformed(4, "write: 1 bytes too many")]
+    assert d.feed(request(sftp.READ, 5, read[:-2])) == [Malformed(5, "read: truncated uint32")]
+    assert d.feed(request(sftp.READ, 6, b"\xff\xff\xff\xff")) == [Malformed(6, "read: truncated string")]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("scp -t /tmp/x", ScpCommand(True, False, False, False, ("/tmp/x",))),
+        ("scp -v -r -p -d -t -- '/tmp/a b/'", ScpCommand(True, True, True, True, ("/tmp/a b/",))),
+        ("scp -f /tmp/a /tmp/b*", ScpCommand(False, False, False, False, ("/tmp/a", "/tmp/b*"))),
+        ("scp -rf x", ScpCommand(False, True, False, False, ("x",))),
+        ("scp -t a b", None),
+        ("scp -t -f a", None),
+        ("scp -x -t a", None),
+        ("scp -t /tmp/x; rm -rf /", None),
+        ("scp -f $(id)", None),
+        ("rsync --server -t x", None),
+        ("scp -t 'unterminated", None),
+        ("", None),
+    ],
+)
+def test_legacy_scp_commands(command, expected):
+    assert scp.server_args(command) == expected

@@ -517,11 +517,13 @@ def serve(stdin: int = 0, stdout: int = 1, home: bytes | None = None) -> int:
     return 0
 
 
-def main(env: dict[str, str]) -> int:
-    """The child's program once it is the container's (L{nsexec.become}):
-    sshd's signal dispositions, the user's home as the starting directory.
-    The server's objects, copied by the fork, are never collected here: a
-    finalizer of one could close a descriptor number that is now ours."""
+def child_setup(env: dict[str, str]) -> None:
+    """What a child running podshell's own server does first, once it is
+    the container's (L{nsexec.become}): sshd's signal dispositions, not the
+    server's handlers it was forked with; the user's home as the starting
+    directory.  The server's objects, copied by the fork, are never
+    collected here: a finalizer of one could close a descriptor number
+    that is now ours."""
     gc.freeze()
     for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_DFL)
@@ -530,4 +532,10 @@ def main(env: dict[str, str]) -> int:
     if home:
         with contextlib.suppress(OSError):
             os.chdir(home)
+
+
+def main(env: dict[str, str], argv: list[str] | None = None) -> int:
+    """The SFTP server's child."""
+    child_setup(env)
+    home = env.get("HOME")
     return serve(home=os.fsencode(home) if home else None)

@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.core.process import SFTP_SERVER, ExitStatus, WindowSize, signal_number
-from podshell.node import confine, nsexec, sftpserver
+from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize, signal_number
+from podshell.node import confine, nsexec, scpserver, sftpserver
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
@@ -289,14 +289,19 @@ class _BornInContainer:
 
     def _execChild(self, path, uid, gid, executable, args, environment) -> None:
         builtin = self._spec.get("builtin")
-        nsexec.become(self._spec, dict(self._env), BUILTINS[builtin] if builtin else None)
+        argv = self._spec["argv"]
+        nsexec.become(self._spec, dict(self._env), (lambda env: BUILTINS[builtin](env, argv)) if builtin else None)
 
 
 # podshell's own programs, which a child runs instead of exec'ing a binary
 # of the image: by the name a front door asks for in argv[0], the entry
-# point (called once the child is the container's, see L{nsexec.become}).
-# Imported with this module, long before any child enters a container.
-BUILTINS: dict[str, Callable[[dict[str, str]], int]] = {SFTP_SERVER: sftpserver.main}
+# point (called with the environment and argv once the child is the
+# container's, see L{nsexec.become}).  Imported with this module, long
+# before any child enters a container.
+BUILTINS: dict[str, Callable[[dict[str, str], list[str]], int]] = {
+    SFTP_SERVER: sftpserver.main,
+    SCP_SERVER: scpserver.main,
+}
 
 
 class _OwnSession:
@@ -424,7 +429,7 @@ class Spawner:
         """
         if not argv:
             raise ValueError("no command given")
-        if argv[0] in BUILTINS and len(argv) == 1:
+        if argv[0] in BUILTINS:
             tty = False  # a server on a byte stream, whatever terminal was asked for
         spec: dict[str, Any] = {
             "mode": "exec",
@@ -434,7 +439,7 @@ class Spawner:
             "user": user if user is not None else handle.user,
             "workdir": workdir or handle.working_dir,
         }
-        if argv[0] in BUILTINS and len(argv) == 1:
+        if argv[0] in BUILTINS:
             spec["builtin"] = argv[0]
         try:
             environment = self.environment(handle.hostname, handle.env, env, tty)

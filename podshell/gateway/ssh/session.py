@@ -16,9 +16,10 @@ from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_
 
 from podshell.auth.gate import Denied
 from podshell.core.contracts import Process, Session
-from podshell.core.process import SFTP_SERVER, ExitStatus, WindowSize
+from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize
 from podshell.core.target import TargetError
 from podshell.gateway.ssh.channels import PodChannel
+from podshell.protocols.scp import server_args
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
@@ -80,6 +81,8 @@ class SessionChannel(PodChannel):
 
     def request_exec(self, data: bytes) -> int:
         command = common.getNS(data)[0].decode(errors="surrogateescape")
+        if self.term is None and server_args(command) is not None:  # scp -O: served even without scp in the image
+            return self._start([SCP_SERVER, command], command, tty=False)
         return self._start(["/bin/sh", "-c", command], command)
 
     def request_subsystem(self, data: bytes) -> int:
