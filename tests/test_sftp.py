@@ -58,7 +58,10 @@ ls -l
 rename f.bin g.bin
 ln g.bin hard.bin
 ln -s g.bin soft.bin
+put -f {half} fsynced.bin
+chmod -h 640 g.bin
 chmod 600 g.bin
+rm fsynced.bin
 ls -l
 df -h
 df -i .
@@ -161,8 +164,8 @@ def test_scp_both_ways_across_boundaries(server, tmp_path):
 
 
 def test_the_home_directory_is_where_it_starts(server):
-    out = check(server.client.sftp(TARGET, "pwd\n"))
-    assert "Remote working directory: /root" in out
+    out = check(server.client.sftp(TARGET, "pwd\ncd /tmp\npwd\n"))
+    assert "Remote working directory: /root" in out and "Remote working directory: /tmp" in out
 
 
 def test_the_audit_log_says_sftp(server):

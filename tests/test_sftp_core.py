@@ -184,6 +184,10 @@ def test_server_reads_writes_and_copies(tmp_path):
     assert status_of(replies(server, copy))[1] == sftp.FX_OK
     assert (tmp_path / "f").read_bytes() == b"\0\0\0abcabc"
     assert os.stat(path).st_mode & 0o777 == 0o600
+    assert status_of(replies(server, Request(7, "copy-data", (handle, 0, 0, handle, 3))))[1] == sftp.FX_FAILURE
+    other = replies(server, Request(8, sftp.OPEN, (path + b"2", sftp.FXF_WRITE | sftp.FXF_CREAT, Attrs())))[13:]
+    assert status_of(replies(server, Request(9, "copy-data", (handle, 6, 100, other, 1))))[1] == sftp.FX_OK
+    assert (tmp_path / "f2").read_bytes() == b"\0abc"  # what there was, to the source's end
     assert status_of(replies(server, Request(6, sftp.CLOSE, (handle,))))[1] == sftp.FX_OK
 
 
@@ -220,3 +224,26 @@ def test_bulk_reads_and_writes_parse_and_refuse_like_the_rest():
 )
 def test_legacy_scp_commands(command, expected):
     assert scp.server_args(command) == expected
+
+
+def name_of(reply: bytes) -> bytes:
+    assert reply[4] == sftp.NAME and struct.unpack_from(">I", reply, 9)[0] == 1
+    n = struct.unpack_from(">I", reply, 13)[0]
+    return reply[17 : 17 + n]
+
+
+def test_expand_path_and_home_directory(tmp_path):
+    home = os.fsencode(tmp_path)
+    server = sftpserver.Server(home)
+    (tmp_path / "x").mkdir()
+    assert name_of(replies(server, Request(1, "expand-path@openssh.com", (b"~/x",)))) == home + b"/x"
+    assert name_of(replies(server, Request(2, "expand-path@openssh.com", (b"~",)))) == home
+    assert name_of(replies(server, Request(3, "home-directory", (b"",)))) == home
+    assert name_of(replies(server, Request(4, "home-directory", (b"root",)))) == b"/root"
+    assert status_of(replies(server, Request(5, "home-directory", (b"no-such-user",))))[1] == sftp.FX_NO_SUCH_FILE
+    limits = replies(server, Request(6, "limits@openssh.com", ()))
+    assert limits[4] == sftp.EXTENDED_REPLY and struct.unpack_from(">3Q", limits, 9) == (
+        sftp.MAX_PACKET,
+        sftp.MAX_READ,
+        sftp.MAX_READ,
+    )

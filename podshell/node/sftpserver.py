@@ -402,18 +402,13 @@ class Server:
         src, dst = self._file(source), self._file(target)
         if not src.readable or not dst.writable:
             raise Failed(sftp.FX_PERMISSION_DENIED, "Permission denied")
-        if (
-            src is dst
-            and (length == 0 or target_offset < offset + length)
-            and offset < target_offset + (length or 1 << 63)
-        ):
+        span = length or 1 << 64  # 0: up to the end of the source
+        if src is dst and offset < target_offset + span and target_offset < offset + span:
             raise Failed(sftp.FX_FAILURE, "source and destination overlap")
         left = length or -1
         while left != 0:
             chunk = os.pread(src.fd, sftp.MAX_READ if left < 0 else min(left, sftp.MAX_READ), offset)
-            if not chunk:
-                if length:
-                    raise Failed(sftp.FX_EOF, "End of file")
+            if not chunk:  # the source ends early: what there was is copied, as OpenSSH does
                 break
             self.write(request_id, target, target_offset, chunk)
             offset += len(chunk)
