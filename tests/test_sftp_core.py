@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from podshell.node import sftpserver
+from podshell.node.confine import Capabilities
 from podshell.protocols import scp, sftp
 from podshell.protocols.scp import ScpCommand
 from podshell.protocols.sftp import Attrs, Decoder, Init, Malformed, ProtocolError, Request, Unknown
@@ -247,3 +248,13 @@ def test_expand_path_and_home_directory(tmp_path):
         sftp.MAX_READ,
         sftp.MAX_READ,
     )
+
+
+def test_a_builtin_takes_the_capabilities_an_exec_would_leave():
+    """podshell's servers run on in the child instead of an exec: the
+    kernel's exec rules are applied to the spec's sets by hand."""
+    spec = Capabilities(bounding=0b1111, effective=0b0111, permitted=0b0111, inheritable=0b10000, ambient=0)
+    assert spec.after_exec(1000) == Capabilities(0b1111, 0, 0, 0b10000, 0)  # a user keeps nothing
+    assert spec.after_exec(0) == Capabilities(0b1111, 0b11111, 0b11111, 0b10000, 0)  # root: bounding | inheritable
+    ambient = Capabilities(bounding=0b1111, effective=0b11, permitted=0b11, inheritable=0b10, ambient=0b10)
+    assert ambient.after_exec(1000) == Capabilities(0b1111, 0b10, 0b10, 0b10, 0b10)
