@@ -6,7 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shlex
+import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -258,3 +263,25 @@ def test_a_builtin_takes_the_capabilities_an_exec_would_leave():
     assert spec.after_exec(0) == Capabilities(0b1111, 0b11111, 0b11111, 0b10000, 0)  # root: bounding | inheritable
     ambient = Capabilities(bounding=0b1111, effective=0b11, permitted=0b11, inheritable=0b10, ambient=0b10)
     assert ambient.after_exec(1000) == Capabilities(0b1111, 0b10, 0b10, 0b10, 0b10)
+
+
+@pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
+def test_openssh_sftp_against_the_server_directly(tmp_path):
+    """OpenSSH's client talking to L{sftpserver.serve} over pipes (sftp -D),
+    no SSH, no pod: the server alone, with the client's own expectations."""
+    server = tmp_path / "server.sh"
+    code = "import os, sys; from podshell.node import sftpserver; sys.exit(sftpserver.serve(home=os.getcwdb()))"
+    server.write_text(
+        f"#!/bin/sh\ncd {shlex.quote(str(tmp_path))} && exec {shlex.quote(sys.executable)} -c {shlex.quote(code)}\n"
+    )
+    server.chmod(0o755)
+    up, down = tmp_path / "up.bin", tmp_path / "down.bin"
+    up.write_bytes(os.urandom(1 << 20))
+    batch = f"put {up} a.bin\nrename a.bin b.bin\nln -s b.bin c.bin\nget c.bin {down}\nls -l\ndf\nrm c.bin\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    r = subprocess.run(
+        ["sftp", "-b", "-", "-D", str(server)], input=batch.encode(), capture_output=True, env=env, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert down.read_bytes() == up.read_bytes()
+    assert (tmp_path / "b.bin").read_bytes() == up.read_bytes() and not (tmp_path / "c.bin").exists()
