@@ -12,6 +12,11 @@ write stdin, close it, resize the terminal, send signals, and receive
 stdout, stderr and the exit status on a L{ProcessSink}.  The session is an
 C{IPushProducer} of the process output, so a slow reader pauses the process
 (its pipe fills, it blocks in write) instead of growing memory.
+
+An argv naming one of podshell's own programs (L{BUILTINS}: the SFTP
+server, legacy scp) takes the same path to the last step; there, instead
+of exec'ing, the child runs that program, already the container's in
+every way, so nothing of it needs to be in the image.
 """
 
 from __future__ import annotations
