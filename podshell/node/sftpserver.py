@@ -184,6 +184,8 @@ class Server:
             return [sftp.status(event.id, *_os_error(e))]
         except (ValueError, OverflowError) as e:  # NUL in a path, an offset beyond off_t
             return [sftp.status(event.id, sftp.FX_BAD_MESSAGE, f"bad message: {e}")]
+        except Exception as e:  # a bug of ours: this request fails, the session goes on
+            return [sftp.status(event.id, sftp.FX_FAILURE, f"podshell: internal error: {type(e).__name__}: {e}")]
         return reply if isinstance(reply, list) else [reply]
 
     def _ok(self, request_id: int) -> bytes:
