@@ -37,6 +37,7 @@ KUBECTL = shutil.which("kubectl.1.33", path=os.path.dirname(os.path.realpath(shu
 TOKEN = "bench-token-0123456789abcdef"
 FORCED_CIPHER = ["-c", "aes128-gcm@openssh.com"]  # what both sides support
 SAME_KEX = ["-o", "KexAlgorithms=curve25519-sha256"]
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 class Sshd:
@@ -54,6 +55,7 @@ class Sshd:
             f"AuthorizedKeysFile {root}/authorized_keys\n"
             "PermitRootLogin yes\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nAllowTcpForwarding yes\n"
             f"PidFile {root}/sshd.pid\nMaxStartups 1000\nMaxSessions 1000\nLogLevel ERROR\n"
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n"
         )
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen(
@@ -128,6 +130,7 @@ class Bench:
     def __init__(self, root: Path, quick: bool) -> None:
         self.quick = quick
         self.size = (128 if quick else 1024) << 20
+        self.sftp_size = self.size
         self.results: dict[str, dict[str, float | str]] = {}
         key = keygen(root / "id_bench")
         self.key = root / "id_bench"
@@ -346,6 +349,44 @@ class Bench:
             rates.append(mb_per_s(streams * n, seconds))
         self.record(f"{streams} concurrent -L streams, sha256-checked: aggregate", *rates, "MB/s", ">=0.9", True)
 
+    # 7. sftp put and get: podshell's own SFTP server against OpenSSH's
+    def sftp_copy(self, client: Client, target: str, direction: str, extra: list[str]) -> float:
+        """MB/s of one C{sftp} put or get of L{sftp_size} bytes, sftp's defaults otherwise."""
+        local, remote = self.sftp_dir / f"local-{target}", self.sftp_dir / f"remote-{target}"
+        if direction == "put":
+            command, source = f"put {local} {remote}\n", local
+        else:
+            command, source = f"get {remote} {local}.back\n", remote
+        if not source.exists():
+            source.write_bytes(self.sftp_data)
+        argv = ["sftp", *extra, *FORCED_CIPHER, *SAME_KEX, *client.options(), "-P", str(client.server.port)]
+        argv += ["-b", "-", f"{target}@127.0.0.1"]
+        started = time.perf_counter()
+        r = subprocess.run(argv, input=command.encode(), capture_output=True, timeout=600)
+        seconds = time.perf_counter() - started
+        if r.returncode != 0:
+            raise RuntimeError(f"sftp {direction}: {r.stderr.decode(errors='replace')}")
+        return mb_per_s(len(self.sftp_data), seconds)
+
+    def sftp(self) -> None:
+        self.sftp_dir = Path(tempfile.mkdtemp(prefix="podshell-bench-sftp-"))
+        self.sftp_data = os.urandom(1 << 20) * (self.sftp_size >> 20)
+        size = f"{self.sftp_size >> 20} MiB"
+        try:
+            for direction in ("put", "get"):
+                ours, inside, ref = self.in_turns(
+                    lambda d=direction: self.sftp_copy(self.ours, "default.bench", d, []),
+                    # OpenSSH's sftp-server in the same pod, through the same gateway: the server alone compared.
+                    lambda d=direction: self.sftp_copy(self.ours, "default.bench", d, ["-s", SFTP_SERVER]),
+                    lambda d=direction: self.sftp_copy(self.theirs, "root", d, []),
+                )
+                self.record(
+                    f"sftp {direction} {size} (vs sftp-server via podshell)", ours, inside, "MB/s", ">=0.9", True
+                )
+                self.record(f"sftp {direction} {size} (vs sshd + sftp-server)", ours, ref, "MB/s", ">=0.9", True)
+        finally:
+            shutil.rmtree(self.sftp_dir, ignore_errors=True)
+
 
 def _tree_uss(pid: int) -> tuple[int, int]:
     """Private memory (USS) of a server's process tree, split: (the server's own
@@ -405,8 +446,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and counts (a smoke run)")
     parser.add_argument("--json", default="bench/results.json", help="where to write the figures")
     parser.add_argument(
-        "--only", nargs="*", help="run only these parts (forward, exec, latency, kubectl, shells, streams, cri)"
+        "--only", nargs="*", help="run only these parts (forward, exec, latency, kubectl, shells, streams, sftp, cri)"
     )
+    parser.add_argument("--sftp-mib", type=int, help="the size of the sftp copies in MiB (default: 1024, quick 128)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: run as root (pods are Linux namespaces)", file=sys.stderr)
@@ -414,6 +456,8 @@ def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="podshell-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick)
+        if args.sftp_mib:
+            bench.sftp_size = args.sftp_mib << 20
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             print(f"{'measure':58} {'podshell':>10} {'reference':>10} {'unit':6} {'ratio':>7} {'target':>7} met")
@@ -421,6 +465,7 @@ def main() -> int:
                 "forward": bench.ssh_forward, "exec": bench.exec_stdout, "latency": bench.latency,
                 "kubectl": bench.kubectl_forward, "shells": bench.idle_shells, "streams": bench.concurrent_forwards,
                 "cri": lambda: cri.run(bench.record, args.quick, median_ms),
+                "sftp": bench.sftp,
             }  # fmt: skip
             for name, part in parts.items():
                 if not args.only or name in args.only:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # System packages the integration tests drive for real: OpenSSH's sftp-server
-# (run inside pods for sftp/scp), rsync, and a real container runtime
+# (what podshell's own SFTP server is measured against), rsync, and a real container runtime
 # (containerd, runc, the CNI plugins). Installed only when missing.
 set -e
 missing=""

@@ -193,12 +193,13 @@ async def test_a_pty_session_has_the_size_it_was_given_and_resizes(start_pods, s
     sink = Collect()
     session = spawner.process(
         handle,
-        ["sh", "-c", "stty size; tty; trap 'stty size; exit 5' WINCH; while :; do sleep 0.05; done"],
+        ["sh", "-c", "stty size; tty; trap 'stty size; exit 5' WINCH; echo trapped; while :; do sleep 0.05; done"],
         sink,
         tty=True,
         size=WindowSize(40, 100),
     )
-    await wait_for(lambda: b"40 100" in sink.out)
+    # A resize before the trap is set would be ignored (SIGWINCH's default).
+    await wait_for(lambda: b"trapped" in sink.out)
     session.resize(WindowSize(50, 132))
     assert await sink.done == ExitStatus(code=5)
     lines = bytes(sink.out).decode().split("\r\n")

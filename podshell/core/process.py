@@ -11,6 +11,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
+# The argv that asks a node for podshell's own SFTP server in a container
+# (served by the spawner's child, nothing needed in the image) instead of a
+# command: the SSH subsystem, and any exec client that names it.
+SFTP_SERVER = "podshell:sftp-server"
+# The same for legacy scp (scp -O): [SCP_SERVER, the client's remote command];
+# the container's own scp runs it if the container has a shell and scp.
+SCP_SERVER = "podshell:scp"
+
 
 @dataclass(frozen=True)
 class WindowSize:

@@ -146,6 +146,15 @@ class Capabilities:
     inheritable: int
     ambient: int
 
+    def after_exec(self, uid: int) -> Capabilities:
+        """The sets an exec of a file without capabilities leaves (the kernel's
+        rules, capabilities(7)), for a process that stays as it is: root's
+        permitted and effective sets become its inheritable and bounding
+        sets; anyone else keeps only the ambient ones (a container user who
+        is not root has no capability its exec would not have)."""
+        permitted = self.inheritable | self.bounding if uid == 0 else self.ambient
+        return Capabilities(self.bounding, permitted, permitted, self.inheritable, self.ambient)
+
 
 @dataclass(frozen=True)
 class Confinement:
@@ -188,15 +197,25 @@ class Confinement:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(self.oom_score_adj))
 
-    def enter(self) -> None:
+    def enter(self, exec_follows: bool = True) -> None:
         """In the container's namespaces, just before the exec: everything
-        else, in libcontainer's order.  Raises C{OSError} saying what failed."""
+        else, in libcontainer's order.  Raises C{OSError} saying what failed.
+
+        Without an exec to follow (podshell's own servers run on in the
+        child), the security labels are taken at once instead of at the
+        exec, first, while nothing forbids the change yet; one that cannot
+        be taken fails, never leaves the process unconfined."""
+        if not exec_follows:
+            if self.selinux_label is not None:
+                _write_attr("current", self.selinux_label)
+            if self.apparmor_profile is not None:
+                _write_attr("apparmor/current", f"changeprofile {self.apparmor_profile}")
         if self.no_new_privileges:
             _prctl(_PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
         os.umask(self.umask)
         for kind, soft, hard in self.rlimits:
             resource.setrlimit(kind, (soft, hard))
-        if self.selinux_label is not None:
+        if self.selinux_label is not None and exec_follows:
             _write_attr("exec", self.selinux_label)
         if self.seccomp is not None and not self.no_new_privileges:
             self.seccomp.load()  # needs CAP_SYS_ADMIN without no_new_privs: before the user switch
@@ -215,8 +234,8 @@ class Confinement:
             raise OSError(e.errno, f"working directory {self.cwd}: {e.strerror}") from None
         if caps is not None:
             _prctl(_PR_SET_KEEPCAPS, 0, "keep capabilities")
-            _capset(caps)
-        if self.apparmor_profile is not None:
+            _capset(caps if exec_follows else caps.after_exec(self.uid))
+        if self.apparmor_profile is not None and exec_follows:
             _write_attr("apparmor/exec", f"exec {self.apparmor_profile}")
         if self.seccomp is not None and self.no_new_privileges:
             self.seccomp.load()  # as close to the exec as can be: the fewest syscalls under it

@@ -32,6 +32,10 @@ import os
 import signal
 import sys
 
+TYPE_CHECKING = False  # not the typing module's: the helper loads nothing it does not use
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # Everything the helper uses is imported above: once inside a container's
 # mount namespace, the host's Python library may not be there to import from.
 
@@ -180,11 +184,13 @@ def _child(spec: dict) -> None:
     become(spec, dict(os.environ))
 
 
-def become(spec: dict, env: dict[str, str]) -> None:
+def become(spec: dict, env: dict[str, str], run: Callable[[dict[str, str]], int] | None = None) -> None:
     """Become the command of C{spec}, already inside its namespaces and in
     a session of its own: death signal, user, directory, then exec; or,
     with a C{confinement} (L{podshell.node.confine}), the container's own
-    confinement from its OCI spec instead of user and directory."""
+    confinement from its OCI spec instead of user and directory.  With
+    C{run}, no exec: the same process, confined the same way, calls it
+    (with the environment) and exits with what it returns."""
     if spec.get("refused"):
         _fail(spec["refused"])
     try:
@@ -201,7 +207,7 @@ def become(spec: dict, env: dict[str, str]) -> None:
         if confinement is not None:
             if "HOME" not in env:
                 env["HOME"] = _home_of(confinement.uid)
-            confinement.enter()
+            confinement.enter(exec_follows=run is None)
         else:
             home = None
             if spec.get("user") is not None:
@@ -220,6 +226,8 @@ def become(spec: dict, env: dict[str, str]) -> None:
                 os.chdir("/")
     except (OSError, LookupError, ValueError) as e:
         _fail(str(e))
+    if run is not None:
+        os._exit(run(env))
     _exec(spec["argv"], env)
 
 

@@ -12,6 +12,11 @@ write stdin, close it, resize the terminal, send signals, and receive
 stdout, stderr and the exit status on a L{ProcessSink}.  The session is an
 C{IPushProducer} of the process output, so a slow reader pauses the process
 (its pipe fills, it blocks in write) instead of growing memory.
+
+An argv naming one of podshell's own programs (L{BUILTINS}: the SFTP
+server, legacy scp) takes the same path to the last step; there, instead
+of exec'ing, the child runs that program, already the container's in
+every way, so nothing of it needs to be in the image.
 """
 
 from __future__ import annotations
@@ -36,9 +41,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.core.process import ExitStatus, WindowSize, signal_number
+from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize, signal_number
 from podshell.core.twisted_private import ForkHooks, Process, PTYProcess, read_in_chunks_of
-from podshell.node import confine, nsexec
+from podshell.node import confine, nsexec, scpserver, sftpserver
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
@@ -264,7 +269,20 @@ class _BornInContainer(ForkHooks):
         super().in_child()
 
     def exec_child(self, path, uid, gid, executable, args, environment) -> None:
-        nsexec.become(self._spec, dict(self._env))
+        builtin = self._spec.get("builtin")
+        argv = self._spec["argv"]
+        nsexec.become(self._spec, dict(self._env), (lambda env: BUILTINS[builtin](env, argv)) if builtin else None)
+
+
+# podshell's own programs, which a child runs instead of exec'ing a binary
+# of the image: by the name a front door asks for in argv[0], the entry
+# point (called with the environment and argv once the child is the
+# container's, see L{nsexec.become}).  Imported with this module, long
+# before any child enters a container.
+BUILTINS: dict[str, Callable[[dict[str, str], list[str]], int]] = {
+    SFTP_SERVER: sftpserver.main,
+    SCP_SERVER: scpserver.main,
+}
 
 
 class _OwnSession(ForkHooks):
@@ -387,6 +405,8 @@ class Spawner:
         """
         if not argv:
             raise ValueError("no command given")
+        if argv[0] in BUILTINS:
+            tty = False  # a server on a byte stream, whatever terminal was asked for
         spec: dict[str, Any] = {
             "mode": "exec",
             "target": [handle.init.pid, handle.init.started],
@@ -395,6 +415,8 @@ class Spawner:
             "user": user if user is not None else handle.user,
             "workdir": workdir or handle.working_dir,
         }
+        if argv[0] in BUILTINS:
+            spec["builtin"] = argv[0]
         try:
             environment = self.environment(handle.hostname, handle.env, env, tty)
             if handle.runtime_spec is not None:

@@ -16,21 +16,16 @@ from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_
 
 from podshell.auth.gate import Denied
 from podshell.core.contracts import Process, Session
-from podshell.core.process import ExitStatus, WindowSize
+from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize
 from podshell.core.target import TargetError
 from podshell.gateway.ssh.channels import PodChannel
+from podshell.protocols.scp import server_args
 
 if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
 
 # What a login shell is in a container we know nothing about: bash if it has it.
 LOGIN_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
-# OpenSSH's sftp-server, run inside the container as the container's user.
-SFTP_SERVER = (
-    "for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server "
-    '/usr/libexec/sftp-server /usr/lib/sftp-server; do [ -x "$p" ] && exec "$p"; done; '
-    "echo 'podshell: this container has no sftp-server (install OpenSSH sftp-server in it)' >&2; exit 127"
-)
 
 
 class SessionChannel(PodChannel):
@@ -86,15 +81,18 @@ class SessionChannel(PodChannel):
 
     def request_exec(self, data: bytes) -> int:
         command = common.getNS(data)[0].decode(errors="surrogateescape")
+        if self.term is None and server_args(command) is not None:  # scp -O: served even without scp in the image
+            return self._start([SCP_SERVER, command], command, tty=False)
         return self._start(["/bin/sh", "-c", command], command)
 
     def request_subsystem(self, data: bytes) -> int:
         name = common.getNS(data)[0]
         if name != b"sftp":
             return 0
-        return self._start(["/bin/sh", "-c", SFTP_SERVER], "sftp")
+        # podshell's own SFTP server, in the container as an exec is: nothing needed in the image.
+        return self._start([SFTP_SERVER], "sftp", tty=False)
 
-    def _start(self, argv: list[str], command: str | None) -> int:
+    def _start(self, argv: list[str], command: str | None, tty: bool | None = None) -> int:
         if self.process is not None:
             return 0
         avatar = self.user
@@ -111,7 +109,7 @@ class SessionChannel(PodChannel):
         self.audit = granted.session
         try:
             self.process = avatar.cluster.process(
-                granted, argv, self, env=env, tty=self.term is not None, size=self.size
+                granted, argv, self, env=env, tty=self.term is not None if tty is None else tty, size=self.size
             )
         except TargetError as e:  # the container stopped a moment ago
             granted.session.end(f"failed: {e}")
