@@ -21,6 +21,7 @@ from podshell.auth.audit import AuditLog, Request
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy, Rule
+from podshell.core.contracts import ProcessRequest
 from podshell.gateway.routing import Cluster
 from podshell.kube.spdy import SpdyCommand, SpdyPortForward, SpdyServer, StreamHandler
 from podshell.node.inprocess import LocalNode
@@ -203,7 +204,7 @@ async def test_exec_that_fails_while_its_command_still_writes(start_pods, spawne
     commands: list[SpdyCommand] = []
 
     def handler(server: SpdyServer) -> SpdyCommand:
-        start = lambda sink: cluster.process(granted, argv, sink, tty=True)  # noqa: E731
+        start = lambda sink: cluster.process(granted, ProcessRequest(tuple(argv), tty=True), sink)  # noqa: E731
         commands.append(SpdyCommand(server, rc.V4, options, granted.session, argv, start))
         return commands[-1]
 

@@ -10,8 +10,8 @@ call L{Nodes} (L{podshell.gateway.routing.Cluster}).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -24,6 +24,21 @@ from podshell.core.process import ExitStatus, WindowSize
 DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 # Takes over an HTTP connection whose request asked for an upgrade.
 Upgrade = Callable[[ITransport, bytes], IProtocol]
+
+
+@dataclass(frozen=True)
+class ProcessRequest:
+    """A command to run in a granted container, as every front door asks
+    for it and every node hop carries it."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)  # the session's accepted variables
+    tty: bool = False
+    size: WindowSize | None = None  # the terminal's, with C{tty}
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError("no command given")
 
 
 @dataclass(frozen=True)
@@ -136,15 +151,7 @@ class Node(Protocol):
     def resolve(self, namespace: str, pod: str, container: str | None) -> Placement:
         """@raise TargetError: no such pod or container, or not running."""
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None,
-        tty: bool,
-        size: WindowSize | None,
-    ) -> Process: ...
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process: ...
 
     def attach(self, grant: Grant, sink: Sink) -> Process: ...
 
@@ -182,15 +189,7 @@ class Nodes(Protocol):
 
     def node(self, grant: Grant) -> Node: ...
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None = None,
-        tty: bool = False,
-        size: WindowSize | None = None,
-    ) -> Process: ...
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process: ...
 
     def attach(self, grant: Grant, sink: Sink) -> Process: ...
 

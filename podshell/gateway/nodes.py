@@ -10,7 +10,6 @@ goes to the node, and bytes flow untouched both ways.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -25,9 +24,8 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from podshell.core.addresses import ip_of, join, set_keepalive, set_no_delay
-from podshell.core.contracts import DEFAULT_CONTAINER, Grant, Placement, Process, Sink, Upgrade
+from podshell.core.contracts import DEFAULT_CONTAINER, Grant, Placement, Process, ProcessRequest, Sink, Upgrade
 from podshell.core.logs import LogSource, Options
-from podshell.core.process import WindowSize
 from podshell.core.target import ContainerNotRunning, LogsUnavailable, NoSuchContainer, NoSuchPod
 from podshell.gateway.node_streams import NodeApp, NodeError, NodeWebSocket, RemotePort, RemoteProcess
 from podshell.kube import objects
@@ -119,24 +117,14 @@ class RemoteNode:
         ws.why_lost = self.why
         self.endpointForURI().connect(_Once(ws)).addErrback(lambda f: ws.fail(self.why(f)))
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None,
-        tty: bool,
-        size: WindowSize | None,
-    ) -> Process:
-        if not argv:
-            raise ValueError("no command given")
-        query = [("container", grant.handle.container), *(("command", a) for a in argv)]
-        query += [("stdin", "1"), ("stdout", "1"), ("tty", "1") if tty else ("stderr", "1")]
-        query += [("env", f"{k}={v}") for k, v in (env or {}).items()]
-        process = RemoteProcess(sink, tty, self.name)
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process:
+        query = [("container", grant.handle.container), *(("command", a) for a in request.argv)]
+        query += [("stdin", "1"), ("stdout", "1"), ("tty", "1") if request.tty else ("stderr", "1")]
+        query += [("env", f"{k}={v}") for k, v in request.env.items()]
+        process = RemoteProcess(sink, request.tty, self.name)
         self._open(grant, "exec", query, rc.PROCESS, process)
-        if tty and size is not None:
-            process.resize(size)
+        if request.tty and request.size is not None:
+            process.resize(request.size)
         return process
 
     def attach(self, grant: Grant, sink: Sink) -> Process:

@@ -4,14 +4,13 @@ make, passed to the node that runs the pod."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
-from podshell.core.contracts import Grant, Node, Placement, Process, Sink
-from podshell.core.process import WindowSize
+from podshell.core.contracts import Grant, Node, Placement, Process, ProcessRequest, Sink
 from podshell.core.target import NoSuchPod, TargetError
 
 
@@ -66,16 +65,8 @@ class Cluster:
     def node(self, grant: Grant) -> Node:
         return self.nodes[grant.handle.node]
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None = None,
-        tty: bool = False,
-        size: WindowSize | None = None,
-    ) -> Process:
-        return self.node(grant).process(grant, argv, sink, env, tty, size)
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process:
+        return self.node(grant).process(grant, request, sink)
 
     def attach(self, grant: Grant, sink: Sink) -> Process:
         return self.node(grant).attach(grant, sink)

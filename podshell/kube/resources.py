@@ -27,7 +27,7 @@ from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
 from podshell.auth.policy import VERBS, Access, Verb
 from podshell.core.addresses import ip_of
-from podshell.core.contracts import Grant, Nodes, Placement
+from podshell.core.contracts import Grant, Nodes, Placement, ProcessRequest
 from podshell.core.denial import answer
 from podshell.core.target import NoSuchPod, Target, TargetError
 from podshell.kube import logs, objects, websocket
@@ -169,8 +169,8 @@ class KubeAPI:
         env = _env(request.query.get("env", [])) if self.agent else None
         start: Start
         if command is not None:
-            argv = command
-            start = lambda sink: self.cluster.process(granted, argv, sink, env=env, tty=options.tty)  # noqa: E731
+            asked = ProcessRequest(tuple(command), env or {}, options.tty)
+            start = lambda sink: self.cluster.process(granted, asked, sink)  # noqa: E731
         else:
             start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731
         if upgrade is Transport.WEBSOCKET:

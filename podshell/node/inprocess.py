@@ -3,15 +3,13 @@ the spawner (the embedded default, and a node agent serving its gateways)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
-from podshell.core.contracts import Grant, Placement, Process, Sink, Upgrade
+from podshell.core.contracts import Grant, Placement, Process, ProcessRequest, Sink, Upgrade
 from podshell.core.logs import LogSource, Options
-from podshell.core.process import WindowSize
 from podshell.core.target import TargetError
 from podshell.kube.objects import pod_json
 from podshell.node.runtime.base import ContainerHandle, Runtime
@@ -44,16 +42,9 @@ class LocalNode:
         where = grant.handle
         return self.runtime.resolve(where.namespace, where.pod, where.container)
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None,
-        tty: bool,
-        size: WindowSize | None,
-    ) -> Process:
-        return self.spawner.process(self._handle(grant), argv, sink, env=env, tty=tty, size=size)
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process:
+        handle = self._handle(grant)
+        return self.spawner.process(handle, list(request.argv), sink, request.env, request.tty, request.size)
 
     def attach(self, grant: Grant, sink: Sink) -> Process:
         return self.runtime.attach(self._handle(grant), sink)

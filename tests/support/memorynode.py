@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from podshell.core.addresses import PortRefused
-from podshell.core.contracts import Grant, Placement, Sink
+from podshell.core.contracts import Grant, Placement, ProcessRequest, Sink
 from podshell.core.flow import Pausable
 from podshell.core.process import ExitStatus, WindowSize, signal_name, signal_number
 from podshell.core.target import ContainerNotRunning, NoSuchContainer, NoSuchPod
@@ -171,20 +171,12 @@ class MemoryNode:
     def upgrade(self, grant: Grant, target: str, headers: list[tuple[str, str]]) -> None:
         return None
 
-    def process(
-        self,
-        grant: Grant,
-        argv: Sequence[str],
-        sink: Sink,
-        env: Mapping[str, str] | None,
-        tty: bool,
-        size: WindowSize | None,
-    ) -> CatProcess:
+    def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> CatProcess:
         where = grant.handle
         self.resolve(where.namespace, where.pod, where.container)  # it may have stopped since the grant
-        process = CatProcess(self.clock, sink, argv, env, tty)
-        if size is not None:
-            process.resize(size)
+        process = CatProcess(self.clock, sink, list(request.argv), request.env, request.tty)
+        if request.size is not None:
+            process.resize(request.size)
         self.processes.append(process)
         return process
 

@@ -15,7 +15,7 @@ from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.session import parseRequest_pty_req, parseRequest_window_change
 
 from podshell.auth.gate import Denied
-from podshell.core.contracts import Process, Session
+from podshell.core.contracts import Process, ProcessRequest, Session
 from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize
 from podshell.core.target import TargetError
 from podshell.gateway.ssh.channels import PodChannel
@@ -108,9 +108,8 @@ class SessionChannel(PodChannel):
             env["TERM"] = self.term
         self.audit = granted.session
         try:
-            self.process = avatar.cluster.process(
-                granted, argv, self, env=env, tty=self.term is not None if tty is None else tty, size=self.size
-            )
+            request = ProcessRequest(tuple(argv), env, self.term is not None if tty is None else tty, self.size)
+            self.process = avatar.cluster.process(granted, request, self)
         except TargetError as e:  # the container stopped a moment ago
             granted.session.end(f"failed: {e}")
             self._refuse(str(e))
