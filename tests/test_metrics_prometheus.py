@@ -4,10 +4,13 @@ real OpenSSH sessions run; /healthz and /readyz, ready or not."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,21 +18,28 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from podshell.core import kubeconfig
 
 from .conftest import needs_root, pod
-from .sshserver import Client, PodshellServer, free_port, keygen, wait_port
+from .sshserver import TWISTD, Client, PodshellServer, free_port, keygen, wait_port
+from .support.cluster import podshell, wait_log
+from .support.kubectl import kubectl_binary
 from .support.waiting import wait_until
 
 pytestmark = needs_root
 
 PROMETHEUS = shutil.which("prometheus")
 SESSIONS = 3
+TOKEN = "alice-token-0123456789abcdef"
 
 
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+def get(url: str, headers: dict[str, str] | None = None, ca: Path | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers or {})
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10, context=context) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -40,7 +50,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
     keys = {name: keygen(root / f"id_{name}") for name in ("alice", "eve")}
     users = [
-        {"name": "alice", "groups": ["dev"], "ssh_keys": [keys["alice"]]},
+        {"name": "alice", "groups": ["dev"], "ssh_keys": [keys["alice"]], "tokens": [TOKEN]},
         {"name": "eve", "ssh_keys": [keys["eve"]]},
     ]
     policy = [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}]
@@ -51,15 +61,20 @@ def server(tmp_path_factory):
         pods,
         users,
         policy,
-        api=f"tcp:{api_port}:interface=127.0.0.1",
+        api=f"ssl:{api_port}:interface=127.0.0.1",
         metrics=f"tcp:{metrics_port}:interface=127.0.0.1",
     )
     try:
         srv.wait_ready(containers=1)
         wait_port(metrics_port)
         srv.metrics_url = f"http://127.0.0.1:{metrics_port}"
-        srv.api_url = f"http://127.0.0.1:{api_port}"
+        srv.api_url = f"https://127.0.0.1:{api_port}"
         srv.metrics_port = metrics_port
+        srv.kubeconfig = root / "kubeconfig"
+        srv.ca = root / "state" / "ca.crt"
+        wait_port(api_port)
+        ca = srv.ca.read_bytes()
+        kubeconfig.write(srv.kubeconfig, kubeconfig.render(srv.api_url, "alice", TOKEN, ca, "team-a"))
         yield srv
     finally:
         srv.stop()
@@ -140,8 +155,12 @@ def test_prometheus_scrapes_sessions_denials_and_failed_logins(server, prometheu
     stranger.key = server.root / "id_stranger"
     keygen(stranger.key)
     assert stranger.ssh("team-a.web-0", "true").returncode == 255  # a key nobody has
-    status, _ = get(f"{server.api_url}/api/v1/pods", {"Authorization": "Bearer not-a-token-at-all"})
+    status, _ = get(f"{server.api_url}/api/v1/pods", {"Authorization": "Bearer not-a-token-at-all"}, server.ca)
     assert status == 401
+    env = {**os.environ, "KUBECONFIG": str(server.kubeconfig)}
+    kubectl = [kubectl_binary(None), "exec", "web-0", "--", "echo", "from kubectl"]
+    done = subprocess.run(kubectl, env=env, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, b"from kubectl\n"), done.stderr
 
     started = 'podshell_sessions_started_total{front_door="ssh",verb="exec"}'
     wait_until(lambda: scalar(prometheus, started) == SESSIONS, 30, "prometheus to see the sessions")
@@ -157,6 +176,8 @@ def test_prometheus_scrapes_sessions_denials_and_failed_logins(server, prometheu
     failures = query(prometheus, "podshell_authentication_failures_total")
     methods = {(dict(k)["front_door"], dict(k)["method"]): v for k, v in failures.items()}
     assert methods[("ssh", "publickey")] >= 1 and methods[("api", "token")] == 1, methods
+    by_door = query(prometheus, 'sum by (front_door) (podshell_sessions_started_total{verb="exec"})')
+    assert {dict(k)["front_door"]: v for k, v in by_door.items()} == {"ssh": SESSIONS, "api": 1}, by_door
     assert scalar(prometheus, 'podshell_runtime_up{runtime="local"}') == 1
     assert scalar(prometheus, 'up{job="podshell"}') == 1
 
@@ -194,3 +215,119 @@ def test_not_ready_while_the_runtime_does_not_answer(tmp_path):
         assert float(errors.split()[-1]) >= 1
     finally:
         srv.stop()
+
+
+def sample(url: str, name: str, **labels: str) -> float | None:
+    """One sample of the server's /metrics, None if it has none."""
+    status, text = get(f"{url}/metrics")
+    assert status == 200, text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def twistd(root: Path, name: str, config: dict) -> subprocess.Popen:
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "podshell.yaml").write_text(yaml.safe_dump(config))
+    log = (root / name / "twistd.log").open("wb")
+    argv = [TWISTD, "-n", "--pidfile=", "podshell", "--config", str(root / name / "podshell.yaml")]
+    return subprocess.Popen(argv, cwd=root / name, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_gateway_counts_its_node_agents(tmp_path):
+    """A gateway and a node agent on loopback, and a node agent that never answers."""
+    podshell("ca", "init", "--dir", "pki", cwd=tmp_path)
+    podshell("ca", "issue", "--dir", "pki", "--name", "gw-1", "--role", "gateway", cwd=tmp_path)
+    podshell("ca", "issue", "--dir", "pki", "--name", "node-1", "--role", "node", "--san", "127.0.0.1", cwd=tmp_path)
+    (tmp_path / "node-1").mkdir()
+    pods = [pod("web-0", {"name": "app", "command": ["sleep", "3600"]}, namespace="team-a")]
+    (tmp_path / "node-1" / "pods.yaml").write_text(yaml.safe_dump_all(pods))
+    node_port, nowhere, ssh_port, gw_metrics, node_metrics = (free_port() for _ in range(5))
+    tls = {"ca": "../pki/ca.crt", "key": "../pki/{}.key", "cert": "../pki/{}.crt"}
+    key = tmp_path / "id_alice"
+    procs = []
+    try:
+        procs.append(
+            twistd(
+                tmp_path,
+                "node-1",
+                {
+                    "role": "node",
+                    "state_dir": "./state",
+                    "node": {"name": "node-1", "listen": f"tcp:{node_port}:interface=127.0.0.1"},
+                    "tls": {k: v.format("node-1") for k, v in tls.items()},
+                    "runtime": {"pods": "./pods.yaml"},
+                    "metrics": {"listen": f"tcp:{node_metrics}:interface=127.0.0.1"},
+                },
+            )
+        )
+        wait_log(tmp_path / "node-1" / "twistd.log", r"container \S+ started")
+        procs.append(
+            twistd(
+                tmp_path,
+                "gw",
+                {
+                    "role": "gateway",
+                    "state_dir": "./state",
+                    "ssh": {"listen": f"tcp:{ssh_port}:interface=127.0.0.1"},
+                    "users": [{"name": "alice", "groups": ["dev"], "ssh_keys": [keygen(key)]}],
+                    "policy": [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}],
+                    "tls": {k: v.format("gw-1") for k, v in tls.items()},
+                    "nodes": [
+                        {"name": "node-1", "address": f"127.0.0.1:{node_port}"},
+                        {"name": "node-2", "address": f"127.0.0.1:{nowhere}"},
+                    ],
+                    "refresh": 0.5,
+                    "metrics": {"listen": f"tcp:{gw_metrics}:interface=127.0.0.1"},
+                },
+            )
+        )
+        gw_log = tmp_path / "gw" / "twistd.log"
+        wait_log(gw_log, r"node node-1 at \S+: 1 pods")
+        gw, node = f"http://127.0.0.1:{gw_metrics}", f"http://127.0.0.1:{node_metrics}"
+        wait_port(gw_metrics)
+        wait_port(node_metrics)
+        wait_until(lambda: sample(gw, "podshell_node_reachable", node="node-1") == 1, 15, "node-1 to be reachable")
+        assert sample(gw, "podshell_node_reachable", node="node-2") == 0
+        wait_until(lambda: (sample(gw, "podshell_node_pod_list_seconds_count", node="node-1") or 0) >= 2, 15, "lists")
+        assert sample(gw, "podshell_node_pod_list_seconds_count", node="node-2") is None  # never answered
+        assert get(f"{gw}/readyz") == (200, "ok\n")
+        assert get(f"{node}/readyz") == (200, "ok\n")
+
+        host_key = (tmp_path / "gw" / "state" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        where = types.SimpleNamespace(port=ssh_port, known_hosts=tmp_path / "known_hosts")
+        where.known_hosts.write_text(f"[127.0.0.1]:{ssh_port} {' '.join(host_key)}\n")
+        done = Client(where, key).ssh("team-a.web-0", "echo hi")  # type: ignore[arg-type]
+        assert (done.returncode, done.stdout) == (0, b"hi\n"), done.stderr
+        assert sample(gw, "podshell_sessions_started_total", front_door="ssh", verb="exec") == 1
+        # The node agent counts the same session as its gateway's stream.
+        wait_until(
+            lambda: sample(node, "podshell_sessions_ended_total", front_door="gateway", verb="exec", outcome="ok") == 1,
+            15,
+            "the node agent to count the session",
+        )
+        assert sample(node, "podshell_sessions_started_total", front_door="gateway", verb="exec") == 1
+
+        stop(procs[0])  # no node agent answers now
+        wait_until(lambda: get(f"{gw}/readyz")[0] == 503, 30, "the gateway to be unready")
+        status, body = get(f"{gw}/readyz")
+        assert status == 503, body
+        lines = body.splitlines()
+        assert lines[0] == "no node agent is reachable", body
+        assert [line.split(":")[0] for line in lines[1:]] == ["node node-1", "node node-2"], body
+        assert sample(gw, "podshell_node_reachable", node="node-1") == 0
+    finally:
+        for proc in procs:
+            stop(proc)
