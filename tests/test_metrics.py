@@ -160,6 +160,7 @@ def test_nodes_and_runtime_are_read_when_scraped(metrics):
     assert value(metrics, "podshell_runtime_errors_total", runtime="cri") == 4
     text = generate_latest(metrics.registry).decode()
     assert 'podshell_node_reachable{node="node-1"} 1.0' in text
+    assert value(metrics, "process_resident_memory_bytes") > 0  # the client's own process metrics
 
 
 def test_two_servers_count_apart():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -129,6 +129,8 @@ class Metrics:
         )
         self._state = _State()
         r.register(self._state)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
+        PlatformCollector(registry=r)  # python_info
 
     # Counted as they happen.
     def session_started(self, via: str, verb: str, seconds: float | None = None) -> None:
