@@ -3,19 +3,25 @@ on fakes (no root, no reactor)."""
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 
+import h11
 import pytest
 from prometheus_client import generate_latest
+from twisted.conch.ssh.keys import Key
+from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Denied, Gate
-from podshell.auth.identity import Identity
+from podshell.auth.identity import Directory, Identity, User
 from podshell.auth.policy import Policy, Rule
 from podshell.core.contracts import Placement
 from podshell.core.metrics import AuthMethod, FrontDoor, Metrics, Outcome
 from podshell.core.target import NoSuchPod
+from podshell.gateway.ssh.server import KeyChecker
+from podshell.kube.front import HTTPError, by_credentials
 from podshell.server.health import Readiness, site
 
 ALICE = Identity("alice", frozenset({"dev"}))
@@ -210,3 +216,40 @@ def test_health_and_readiness_resources(metrics):
     metrics.authentication_failed(FrontDoor.API, AuthMethod.NONE)
     code, body = render(root, b"metrics")
     assert code == 200 and b'podshell_authentication_failures_total{front_door="api",method="none"} 1.0' in body
+
+
+class Credentials:
+    """A key-based SSH login attempt, as Conch hands it to the checker."""
+
+    def __init__(self, blob: bytes, signature: bytes | None = None) -> None:
+        self.blob, self.signature, self.sigData, self.username = blob, signature, b"data", b"team-a.web-0"
+
+
+def test_failed_logins_are_counted_where_credentials_are_checked(metrics, tmp_path):
+    known = Key.fromString(keygen_blob(tmp_path / "known"))
+    stranger = Key.fromString(keygen_blob(tmp_path / "stranger"))
+    directory = Directory.fromConfig(
+        [User(name="alice", ssh_keys=[known.public().toString("OPENSSH").decode()], tokens=["0123456789abcdef0123"])],
+        tmp_path,
+    )
+    checker = KeyChecker(directory, metrics)
+    checker.requestAvatarId(Credentials(stranger.blob())).addErrback(lambda f: None)
+    checker.requestAvatarId(Credentials(known.blob(), b"not a signature")).addErrback(lambda f: None)
+    checker.requestAvatarId(Credentials(known.blob())).addErrback(lambda f: None)  # a query: no failure
+    assert value(metrics, "podshell_authentication_failures_total", front_door="ssh", method="publickey") == 2
+
+    authenticate = by_credentials(directory, metrics)
+    ok = h11.Request(
+        method="GET", target="/", headers=[("host", "x"), ("authorization", "Bearer 0123456789abcdef0123")]
+    )
+    assert authenticate(ok, StringTransport()).name == "alice"
+    for headers in ([("host", "x"), ("authorization", "Bearer 0123456789abcdef0124")], [("host", "x")]):
+        with pytest.raises(HTTPError):
+            authenticate(h11.Request(method="GET", target="/", headers=headers), StringTransport())
+    assert value(metrics, "podshell_authentication_failures_total", front_door="api", method="token") == 1
+    assert value(metrics, "podshell_authentication_failures_total", front_door="api", method="none") == 1
+
+
+def keygen_blob(path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.read_text()
