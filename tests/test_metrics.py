@@ -169,6 +169,15 @@ def test_nodes_and_runtime_are_read_when_scraped(metrics):
     assert value(metrics, "process_resident_memory_bytes") > 0  # the client's own process metrics
 
 
+def test_expected_series_are_there_at_zero(metrics):
+    metrics.expect([FrontDoor.SSH, FrontDoor.API], ["exec", "attach"])
+    text = generate_latest(metrics.registry).decode()
+    assert 'podshell_sessions_started_total{front_door="api",verb="attach"} 0.0' in text
+    assert 'podshell_sessions_active{front_door="ssh"} 0.0' in text
+    assert 'podshell_authentication_failures_total{front_door="ssh",method="publickey"} 0.0' in text
+    assert 'podshell_authentication_failures_total{front_door="api",method="token"} 0.0' in text
+
+
 def test_two_servers_count_apart():
     a, b = Metrics(), Metrics()
     a.authentication_failed(FrontDoor.SSH, AuthMethod.PUBLICKEY)

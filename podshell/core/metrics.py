@@ -132,6 +132,17 @@ class Metrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
         PlatformCollector(registry=r)  # python_info
 
+    def expect(self, doors: Sequence[FrontDoor], verbs: Sequence[str]) -> None:
+        """Series at 0 from the start for the server's front doors: a rate
+        or an alert on them works before the first session or failure."""
+        methods = {FrontDoor.SSH: [AuthMethod.PUBLICKEY], FrontDoor.API: [AuthMethod.TOKEN, AuthMethod.CERTIFICATE]}
+        for door in doors:
+            self.sessions_active.labels(door)
+            for verb in verbs:
+                self.sessions_started.labels(door, verb)
+            for method in methods.get(door, []):
+                self.auth_failures.labels(door, method)
+
     # Counted as they happen.
     def session_started(self, via: str, verb: str, seconds: float | None = None) -> None:
         door = FrontDoor.of(via)

@@ -29,11 +29,11 @@ from twisted.python.failure import Failure
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Directory
-from podshell.auth.policy import Policy
+from podshell.auth.policy import VERBS, Policy
 from podshell.core import kubeconfig
 from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
-from podshell.core.metrics import Metrics
+from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
@@ -337,6 +337,10 @@ def makeService(options: Options) -> MultiService:
         doors = _front_doors(reactor, loaded, cluster, audit, metrics)
         doors.setServiceParent(top)
         listeners += [s for s in doors if isinstance(s, Listening)]
+    if config.role == "node":
+        metrics.expect([FrontDoor.GATEWAY], VERBS)
+    else:
+        metrics.expect([FrontDoor.SSH, *([FrontDoor.API] if config.api is not None else [])], VERBS)
     if config.metrics is not None:
         readiness = Readiness(
             listeners, runtime, (lambda: [(r.name, r) for r in remotes]) if config.role == "gateway" else None
