@@ -1,7 +1,9 @@
 #!/bin/sh
 # System packages the integration tests drive for real: OpenSSH's sftp-server
-# (what podshell's own SFTP server is measured against), rsync, and a real container runtime
-# (containerd, runc, the CNI plugins). Installed only when missing.
+# (what podshell's own SFTP server is measured against), rsync, a real container
+# runtime (containerd, runc, the CNI plugins), and Prometheus (it scrapes the
+# metrics listener in tests/test_metrics_prometheus.py; the test starts its own,
+# the package's service stays stopped). Installed only when missing.
 set -e
 missing=""
 [ -x /usr/lib/openssh/sftp-server ] || missing="$missing openssh-sftp-server"
@@ -10,6 +12,7 @@ command -v ssh >/dev/null 2>&1 || missing="$missing openssh-client"
 command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
 [ -x /usr/sbin/runc ] || missing="$missing runc"
 [ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
+command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ]; then
     echo "installing:$missing"
     apt-get update -qq

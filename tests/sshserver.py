@@ -42,9 +42,11 @@ class PodshellServer:
         ciphers: list[str] | None = None,
         wrap: list[str] | None = None,
         runtime: dict | None = None,
+        metrics: str | None = None,
     ) -> None:
         """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
-        C{runtime}: the runtime section instead of the local one running C{pods}."""
+        C{runtime}: the runtime section instead of the local one running C{pods};
+        C{metrics}: the metrics listener's endpoint."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -59,6 +61,8 @@ class PodshellServer:
             config["runtime"] = runtime
         if api:
             config["api"] = {"listen": api}
+        if metrics:
+            config["metrics"] = {"listen": metrics}
         if ciphers:
             config["ssh"]["ciphers"] = ciphers
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))

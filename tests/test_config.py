@@ -78,6 +78,15 @@ def test_state_dir_given_to_twistd_wins_over_the_files(write, tmp_path, monkeypa
 def test_the_example_configuration_in_conf_loads():
     loaded = load(str(CONF / "podshell.yaml"))
     assert loaded.pods and loaded.config.users
+    assert loaded.config.metrics is not None and loaded.config.metrics.listen == "tcp:9100:interface=127.0.0.1"
+
+
+def test_metrics_have_a_listener_only_when_configured(write):
+    assert load(write(GOOD)).config.metrics is None
+    given = load(write(GOOD + 'metrics: {listen: "tcp:0:interface=127.0.0.1"}\n')).config.metrics
+    assert given is not None and given.listen == "tcp:0:interface=127.0.0.1"
+    default = load(write(GOOD + "metrics: {}\n")).config.metrics
+    assert default is not None and default.listen == "tcp:9100:interface=127.0.0.1"
 
 
 def replace(old: str, new: str) -> str:
@@ -143,6 +152,8 @@ BAD = [
         "policy[0].namespaces: missing required key",
     ),
     (replace("./pods.yaml", "./missing.yaml"), None, "missing.yaml: no such file"),
+    ("metrics: {listen: ''}\n", None, "metrics.listen: String should have at least 1 character"),
+    ("metrics: {port: 9100}\n", None, "metrics.port: unknown key (expected one of: listen)"),
     (
         GOOD,
         PODS.replace('command: [sleep, "1000"], ', ""),

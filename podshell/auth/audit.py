@@ -2,7 +2,9 @@
 
 Lines are written and flushed as they happen so that a crash loses nothing
 already recorded; the file is opened in append mode with O_APPEND so that
-several processes (gateway and node agent) may share it.
+several processes (gateway and node agent) may share it.  The server's
+metrics (L{podshell.core.metrics}) are counted here, with each record: the
+one place every front door's sessions and denials pass.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from podshell.auth.identity import Identity
+from podshell.core.denial import DenialKind
+from podshell.core.metrics import Metrics
 
 
 def _now() -> str:
@@ -73,11 +77,14 @@ class AuditedSession:
             bytes_in=bytes_in,
             bytes_out=bytes_out,
         )
+        if self.log.metrics is not None:
+            self.log.metrics.session_ended(self.request.via, self.request.verb, status, bytes_in, bytes_out)
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
         self.path = path
+        self.metrics = metrics
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
@@ -86,12 +93,18 @@ class AuditLog:
         record = {"time": _now(), "event": event, **fields}
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
 
-    def denied(self, request: Request, reason: str) -> None:
+    def denied(self, request: Request, reason: str, kind: DenialKind = DenialKind.FORBIDDEN) -> None:
         self.write("denied", **request.fields(), reason=reason)
+        if self.metrics is not None:
+            self.metrics.denied(request.via, request.verb, kind)
 
-    def session(self, request: Request) -> AuditedSession:
+    def session(self, request: Request, asked: float | None = None) -> AuditedSession:
+        """@param asked: C{time.monotonic()} when the request reached the gate."""
         session = AuditedSession(self, request)
         self.write("session.start", id=session.id, **request.fields(), start=session.start)
+        if self.metrics is not None:
+            waited = time.monotonic() - asked if asked is not None else None
+            self.metrics.session_started(request.via, request.verb, waited)
         return session
 
     def close(self) -> None:

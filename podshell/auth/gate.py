@@ -7,6 +7,7 @@ on them, so the gate does not reveal which pods exist to everyone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
@@ -67,7 +68,7 @@ class Gate:
         self.audit = audit
 
     def _deny(self, request: Request, reason: str, message: str, kind: DenialKind = DenialKind.FORBIDDEN) -> Denied:
-        self.audit.denied(request, reason)
+        self.audit.denied(request, reason, kind)
         return Denied(message, kind)
 
     def locate(self, identity: Identity, text: str, peer: str, via: str, verb: Verb | None = None) -> Target:
@@ -120,6 +121,7 @@ class Gate:
             (which wants it running).
         @raise Denied: with the line to show the user.
         """
+        asked = time.monotonic()
         pod_wide = verb == "port-forward"
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
         request = Request(identity, peer, via, verb, str(wanted), command)
@@ -136,7 +138,7 @@ class Gate:
         decision = self.policy.decide(access)
         if not decision:
             raise self._deny(request, decision.reason, self.policy.message(access))
-        return Grant(handle, self.audit.session(request))
+        return Grant(handle, self.audit.session(request, asked))
 
     def _explained(self, error: TargetError) -> str:
         """A pod not found may be on a node we cannot reach now: say so."""

@@ -10,6 +10,7 @@ goes to the node, and bytes flow untouched both ways.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -26,6 +27,7 @@ from zope.interface import implementer
 from podshell.core.addresses import ip_of, join, set_keepalive, set_no_delay
 from podshell.core.contracts import DEFAULT_CONTAINER, Grant, Placement, Process, ProcessRequest, Sink, Upgrade
 from podshell.core.logs import LogSource, Options
+from podshell.core.metrics import Metrics
 from podshell.core.target import ContainerNotRunning, LogsUnavailable, NoSuchContainer, NoSuchPod
 from podshell.gateway.node_streams import NodeApp, NodeError, NodeWebSocket, RemotePort, RemoteProcess
 from podshell.kube import objects
@@ -39,8 +41,18 @@ CONNECT_TIMEOUT = 5.0
 class RemoteNode:
     """One node agent: its pods (L{refresh} keeps them current) and streams to it."""
 
-    def __init__(self, reactor, name: str, host: str, port: int, identity: ClusterIdentity, refresh: float) -> None:
+    def __init__(
+        self,
+        reactor,
+        name: str,
+        host: str,
+        port: int,
+        identity: ClusterIdentity,
+        refresh: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.reactor = reactor
+        self.metrics = metrics
         self.name = name
         self.host, self.port = host, port
         self.address = join(host, port)
@@ -66,17 +78,20 @@ class RemoteNode:
     # The pod list.
     def refresh(self) -> Deferred[None]:
         url = f"https://{self.address}/api/v1/pods".encode()
+        asked = time.monotonic()
         d = self._agent.request(b"GET", url, Headers({b"accept": [b"application/json"]}))
         d.addCallback(self._read)
         d.addTimeout(max(CONNECT_TIMEOUT, self.refresh_every), self.reactor)
-        return d.addCallbacks(self._listed, self._unreachable)
+        return d.addCallbacks(self._listed, self._unreachable, callbackArgs=(asked,))
 
     def _read(self, response: Any) -> Deferred[bytes]:
         if response.code != 200:
             raise NodeError(f"pod list answered HTTP {response.code}")
         return readBody(response)
 
-    def _listed(self, body: bytes) -> None:
+    def _listed(self, body: bytes, asked: float | None = None) -> None:
+        if self.metrics is not None and asked is not None:
+            self.metrics.pods_listed(self.name, time.monotonic() - asked)
         items = json.loads(body)["items"]
         self._pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in items}
         if self.problem is not None:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from podshell.auth.identity import Directory, Identity
 from podshell.core.addresses import host_port, set_no_delay
 from podshell.core.contracts import Upgrade
+from podshell.core.metrics import AuthMethod, FrontDoor, Metrics
 from podshell.kube import objects
 
 log = Logger()
@@ -87,8 +88,13 @@ Handler = Callable[[Request], "tuple[int, Any] | Upgrade"]
 Authenticate = Callable[[h11.Request, ITransport], Identity]
 
 
-def by_credentials(directory: Directory) -> Authenticate:
+def by_credentials(directory: Directory, metrics: Metrics | None = None) -> Authenticate:
     """Users of the front door: a bearer token, or a client certificate."""
+
+    def refused(method: AuthMethod, message: str) -> HTTPError:
+        if metrics is not None:
+            metrics.authentication_failed(FrontDoor.API, method)
+        return HTTPError(401, "Unauthorized", message)
 
     def authenticate(event: h11.Request, transport: ITransport) -> Identity:
         for name, value in event.headers:
@@ -98,13 +104,14 @@ def by_credentials(directory: Directory) -> Authenticate:
                     identity = directory.by_token(token.strip())
                     if identity is not None:
                         return identity
-                raise HTTPError(401, "Unauthorized", "Unauthorized: the bearer token is not valid")
+                raise refused(AuthMethod.TOKEN, "Unauthorized: the bearer token is not valid")
         cert = getattr(transport, "getPeerCertificate", lambda: None)()
         if cert is not None:
             identity = directory.by_certificate(cert.to_cryptography())
             if identity is not None:
                 return identity
-        raise HTTPError(401, "Unauthorized", "Unauthorized: give a bearer token or a client certificate")
+        method = AuthMethod.NONE if cert is None else AuthMethod.CERTIFICATE
+        raise refused(method, "Unauthorized: give a bearer token or a client certificate")
 
     return authenticate
 

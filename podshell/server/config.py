@@ -37,6 +37,12 @@ class APIConfig(Listener):
     listen: str = "ssl:8443:interface=127.0.0.1"
 
 
+class MetricsConfig(Listener):
+    """Prometheus' /metrics, and /healthz and /readyz, on a listener of their own."""
+
+    listen: str = Field(default="tcp:9100:interface=127.0.0.1", min_length=1, description="a Twisted endpoint string")
+
+
 class LogLimits(StrictModel):
     """Container log files, per run of a container (the kubelet's
     containerLogMaxSize and containerLogMaxFiles)."""
@@ -140,6 +146,7 @@ class Config(StrictModel):
     policy: list[Rule] = []
     runtime: RuntimeConfig = RuntimeConfig()
     audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig | None = Field(default=None, description="absent: no metrics listener")
     tls: TLSFiles | None = None
     node: NodeAgent | None = None
     nodes: list[NodeAddress] = []

@@ -29,10 +29,11 @@ from twisted.python.failure import Failure
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Directory
-from podshell.auth.policy import Policy
+from podshell.auth.policy import VERBS, Policy
 from podshell.core import kubeconfig
 from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
+from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
@@ -50,6 +51,7 @@ from podshell.pki.mutual import ClusterIdentity, NodeServerTLS
 from podshell.pki.state_ca import StateCA
 from podshell.server import defaults
 from podshell.server.config import Config, RuntimeKind, holds_manifests, load_config, resolve_path
+from podshell.server.health import Readiness, site
 from podshell.server.heap import keep_buffers_on_the_heap
 
 log = Logger()
@@ -305,24 +307,46 @@ def makeService(options: Options) -> MultiService:
     audit_path = (
         resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
     )
-    audit = AuditLog(audit_path)
+    metrics = Metrics()
+    audit = AuditLog(audit_path, metrics)
     nodes: list[Node] = []
     runtime: LocalRuntime | CRIRuntime | None = None
+    remotes: list[RemoteNode] = []
     if config.role in ("all", "node"):
         spawner = Spawner(reactor)
         runtime = _runtime(reactor, loaded, spawner)
         nodes.append(LocalNode(config.node.name if config.node else "podshell", runtime, spawner))
+        metrics.watch_runtime(config.runtime.kind.value, runtime, _errors_of(runtime))
     if config.role == "gateway":
         assert loaded.identity is not None
         for address in config.nodes:
-            remote = RemoteNode(reactor, address.name, address.host, address.port, loaded.identity, config.refresh)
+            remote = RemoteNode(
+                reactor, address.name, address.host, address.port, loaded.identity, config.refresh, metrics
+            )
             TimerService(config.refresh, remote.refresh).setServiceParent(top)
             nodes.append(remote)
+            remotes.append(remote)
+        metrics.watch_nodes(lambda: [(r.name, r) for r in remotes])
     cluster = Cluster(nodes)
+    listeners: list[Listening] = []
     if config.role == "node":
-        _node_agent(reactor, loaded, cluster, audit).setServiceParent(top)
+        agent = _node_agent(reactor, loaded, cluster, audit)
+        agent.setServiceParent(top)
+        listeners.append(agent)
     else:
-        _front_doors(reactor, loaded, cluster, audit).setServiceParent(top)
+        doors = _front_doors(reactor, loaded, cluster, audit, metrics)
+        doors.setServiceParent(top)
+        listeners += [s for s in doors if isinstance(s, Listening)]
+    if config.role == "node":
+        metrics.expect([FrontDoor.GATEWAY], VERBS)
+    else:
+        metrics.expect([FrontDoor.SSH, *([FrontDoor.API] if config.api is not None else [])], VERBS)
+    if config.metrics is not None:
+        readiness = Readiness(
+            listeners, runtime, (lambda: [(r.name, r) for r in remotes]) if config.role == "gateway" else None
+        )
+        factory = site(metrics, readiness)
+        Listening(reactor, config.metrics.listen, "metrics", factory, lambda address: None).setServiceParent(top)
     if runtime is not None:
         runtime.setServiceParent(top)
     log.info(
@@ -342,6 +366,13 @@ def makeService(options: Options) -> MultiService:
     if config.role != "node" and not loaded.directory.has_keys:
         _warn_about_keys(loaded)
     return top
+
+
+def _errors_of(runtime: LocalRuntime | CRIRuntime) -> Callable[[], int]:
+    """The runtime's failed listings so far (the local runtime is this process: none)."""
+    if isinstance(runtime, CRIRuntime):
+        return lambda: runtime.errors
+    return lambda: 0
 
 
 def _runtime(reactor, loaded: Loaded, spawner: Spawner) -> LocalRuntime | CRIRuntime:
@@ -389,7 +420,7 @@ def _warn_about_keys(loaded: Loaded) -> None:
         )
 
 
-def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> Service:
+def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> Listening:
     """The node agent's one listener: mutual TLS, gateways only, no front door."""
     assert loaded.identity is not None and loaded.config.node is not None
     api = KubeAPI(Gate(cluster, TrustGateway(), audit), cluster, reactor, agent=True)
@@ -397,17 +428,19 @@ def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> S
     return Listening(reactor, loaded.config.node.listen, "node agent", factory, lambda address: None)
 
 
-def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> MultiService:
+def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, metrics: Metrics) -> MultiService:
     """SSH and the Kubernetes API, in front of the cluster's nodes.
     Listeners come first: if a port is taken, stop before any pod starts."""
     config = loaded.config
     doors = MultiService()
     gate = Gate(cluster, loaded.policy, audit)
-    ssh = make_factory(config.ssh.accept_env, config.ssh.ciphers, loaded.state_dir, loaded.directory, gate, cluster)
+    ssh = make_factory(
+        config.ssh.accept_env, config.ssh.ciphers, loaded.state_dir, loaded.directory, gate, cluster, metrics
+    )
     Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster)).setServiceParent(doors)
     if config.api is not None:
         api = KubeAPI(gate, cluster, reactor)
-        factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory))
+        factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"
         ca = StateCA(loaded.state_dir)

@@ -32,6 +32,7 @@ from podshell import __version__
 from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Directory, Identity
 from podshell.core.addresses import ack_now, host_port, set_no_delay
+from podshell.core.metrics import AuthMethod, FrontDoor, Metrics
 from podshell.core.transports import StreamTransport
 from podshell.core.twisted_private import log_through
 from podshell.gateway.routing import Cluster
@@ -141,13 +142,19 @@ class PodUserAuth(userauth.SSHUserAuthServer):
 class KeyChecker:
     credentialInterfaces = (ISSHPrivateKey,)
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, metrics: Metrics | None = None) -> None:
         self.directory = directory
+        self.metrics = metrics
+
+    def _refused(self, why: str) -> Deferred:
+        if self.metrics is not None:
+            self.metrics.authentication_failed(FrontDoor.SSH, AuthMethod.PUBLICKEY)
+        return fail(UnauthorizedLogin(why))
 
     def requestAvatarId(self, credentials) -> Deferred:
         identity = self.directory.by_key(credentials.blob)
         if identity is None:
-            return fail(UnauthorizedLogin("unknown key"))
+            return self._refused("unknown key")
         if credentials.signature is None:
             return fail(ValidPublicKey())  # the key would do: ask for a signature
         try:
@@ -155,7 +162,7 @@ class KeyChecker:
         except Exception:  # any malformed signature is just a bad one
             valid = False
         if not valid:
-            return fail(UnauthorizedLogin("bad signature"))
+            return self._refused("bad signature")
         return succeed(KeyLogin(identity, credentials.username.decode(errors="replace")))
 
 
@@ -204,6 +211,7 @@ def make_factory(
     directory: Directory,
     gate: Gate,
     cluster: Cluster,
+    metrics: Metrics | None = None,
 ) -> PodSSHFactory:
-    portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory)])
+    portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory, metrics)])
     return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in ciphers])

@@ -180,6 +180,7 @@ class CRIRuntime(Service):
         self.interval = interval
         self.client = Client(endpoint)
         self.problem: str | None = f"the container runtime at {endpoint} has not been asked yet"
+        self.errors = 0  # listings that failed, since the start (a metric)
         self._snapshot = Snapshot({}, {})
         self._pods: dict[tuple[str, str], CRIPod] = {}
         self._listing: Deferred[None] | None = None
@@ -231,6 +232,7 @@ class CRIRuntime(Service):
         self._pods = pods
 
     def _failed(self, failure: Failure) -> None:
+        self.errors += 1
         error = failure.value
         if isinstance(error, RpcError):
             details = error.details() if hasattr(error, "details") else str(error)
