@@ -153,7 +153,7 @@ def test_local_forward_into_the_pods_network(server, kubelet):
         tunnel.wait()
 
 
-def test_a_shell_less_image(server, kubelet):
+def test_a_shell_less_image(server, kubelet, tmp_path):
     kubelet.run_pod("team-c", "bare", ContainerSpec("app", image="podshell.test/static:1"))
     wait_listed(server, "bare")
     got = kubectl(server, "exec", "bare", "--", "/bin/busybox", "echo", "by-path")
@@ -173,6 +173,18 @@ def test_a_shell_less_image(server, kubelet):
     got = kubectl(server, "exec", "bare", "--", "ls")
     assert got.returncode == 127
     assert b'exec: "ls": executable file not found in $PATH' in got.stderr
+    # rsync is the one copy that needs its own program in the image: one line says so.
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "file").write_bytes(b"x")
+    kubelet.run_pod("team-c", "plain", ContainerSpec("app"))
+    wait_listed(server, "plain")
+    for target in ("team-c.bare", "team-c.plain"):  # no shell, and busybox's shell but no rsync
+        got = server.client.rsync("-a", f"{tmp_path / 'tree'}/", f"{target}@127.0.0.1:/tmp/rs/")
+        assert got.returncode != 0
+        assert (
+            b"podshell: rsync needs rsync in the container and this image has none (scp and sftp need nothing in it)"
+            in got.stderr
+        ), got.stderr
 
 
 @pytest_twisted.ensureDeferred

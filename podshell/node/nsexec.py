@@ -238,6 +238,9 @@ _NO_SHELL = (
     "this container's image has no /bin/sh: run a program by its path, "
     "e.g. ssh ns.pod.ctr@gateway /path/to/program, or kubectl exec POD -- /path/to/program"
 )
+# Unlike scp and sftp, which podshell serves itself, rsync's server side is
+# rsync: an image without it is told so in one line.
+_NO_RSYNC = "rsync needs rsync in the container and this image has none (scp and sftp need nothing in it)"
 
 
 def _reason(e: OSError) -> str:
@@ -249,13 +252,19 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
     """C{execvpe} with the runtime's exit codes and words, searching the
     command's own PATH (C{os.execvpe} would import modules we may no
     longer reach).  In an image without a shell, C{sh -c} of a simple
-    command (words, no shell syntax) runs those words, as sh itself would."""
+    command (words, no shell syntax) runs those words, as sh itself would;
+    so does rsync's server command everywhere, for a clear word when the
+    image has no rsync."""
     name = argv[0]
-    if name == _SHELL and len(argv) == 3 and argv[1] == "-c" and not os.path.exists(_SHELL):
+    if name == _SHELL and len(argv) == 3 and argv[1] == "-c":
         words = argv[2].split()
-        if not words or "=" in words[0] or _SHELL_SYNTAX.intersection(argv[2]):
-            _fail(_NO_SHELL, 127)
-        argv, name = words, words[0]
+        simple = bool(words) and "=" not in words[0] and not _SHELL_SYNTAX.intersection(argv[2])
+        if simple and words[:2] == ["rsync", "--server"]:
+            argv, name = words, words[0]
+        elif not os.path.exists(_SHELL):
+            if not simple:
+                _fail(_NO_SHELL, 127)
+            argv, name = words, words[0]
     dirs = [""] if "/" in name else env.get("PATH", "/usr/bin:/bin").split(":")
     denied: OSError | None = None
     for d in dirs:
@@ -271,6 +280,8 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
             _fail(f'exec: "{name}": {_reason(e)}', 126)
     if denied is not None:
         _fail(f'exec: "{name}": {_reason(denied)}', 126)
+    if name == "rsync":
+        _fail(_NO_RSYNC, 127)
     _fail(f'exec: "{name}": executable file not found in $PATH', 127)
 
 
