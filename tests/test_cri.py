@@ -44,7 +44,10 @@ def server(tmp_path_factory, containerd):
     root = tmp_path_factory.mktemp("cri")
     key = root / "id_ed25519"
     users = [{"name": "carol", "ssh_keys": [keygen(key)], "tokens": [TOKEN]}]
-    policy = [{"subjects": ["user:carol"], "verbs": ["*"], "namespaces": ["*"]}]
+    policy = [
+        {"subjects": ["user:carol"], "verbs": ["*"], "namespaces": ["*"]},
+        {"subjects": ["user:carol"], "verbs": ["exec"], "namespaces": ["team-c"], "pods": ["runas"], "run_as": ["app", "65534"]},
+    ]  # fmt: skip
     port = free_port()
     runtime = {"kind": "cri", "endpoint": containerd.endpoint}
     server = PodshellServer(root, [], users, policy, api=f"ssl:{port}:interface=127.0.0.1", runtime=runtime)
@@ -586,3 +589,36 @@ async def test_attach_refused_by_the_runtime_says_why(containerd, kubelet):
         )
     finally:
         await runtime.stopService()
+
+
+def test_run_as_another_user_of_the_container(server, kubelet, home):
+    """As C{runc exec --user}: that user's ids and groups from the image's
+    /etc/passwd and /etc/group, and still the container's confinement."""
+    kubelet.run_pod("team-c", "runas", ContainerSpec("app"))
+    wait_listed(server, "runas")
+    probe = "id; echo $HOME; grep -E '^(CapEff|Seccomp):' /proc/self/status; touch /etc/probe"
+    got = server.client.ssh("team-c.runas+app", probe)
+    lines = got.stdout.decode().splitlines()
+    assert lines[0] == "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)", got.stderr
+    assert lines[1:] == ["/home", "CapEff:\t0000000000000000", "Seccomp:\t2"]
+    assert b"Permission denied" in got.stderr  # a user without the root's capabilities
+    got = cli(home, "exec", "-u", "65534", "team-c/runas", "--", "id", "-u")
+    assert (got.returncode, got.stdout) == (0, b"65534\n"), got.stderr
+    # Without a user: the container's own, root here.
+    got = cli(home, "exec", "team-c/runas", "--", "id", "-u")
+    assert got.stdout == b"0\n"
+    # Only the users a rule names; the audit log says who ran as whom.
+    got = server.client.ssh("team-c.runas+root", "id")
+    assert got.returncode != 0
+    assert b"carol may not exec in team-c/runas/app as root" in got.stderr
+    got = cli(home, "exec", "-u", "root", "team-c/runas", "--", "id")
+    assert got.returncode != 0 and b"carol may not exec in team-c/runas/app as root" in got.stderr
+    got = cli(home, "exec", "-u", "no such", "team-c/runas", "--", "id")
+    assert (got.returncode, got.stderr) == (
+        1,
+        b"podshell: user 'no such' must be a uid or a name of letters, digits, '.', '_' and '-' (up to 32)\n",
+    )
+    records = [json.loads(line) for line in (server.root / "state" / "audit.jsonl").read_text().splitlines()]
+    assert {
+        r.get("run_as") for r in records if r["event"] == "session.start" and r["target"] == "team-c/runas/app"
+    } == {None, "app", "65534"}

@@ -51,6 +51,13 @@ def test_the_kubelets_pods_through_the_gateway(cluster, kubelet):
         assert (r.returncode, r.stdout.strip()) == (0, b"3000001"), r.stderr
     r = cluster.cli("exec", "team-a/cri-web", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+    # Another user of the container, through the hop, by each door that can ask.
+    r = cluster.ssh.ssh("team-a.cri-web+app", "id -u; grep ^CapEff: /proc/self/status")
+    assert (r.returncode, r.stdout) == (0, b"1000\nCapEff:\t0000000000000000\n"), r.stderr
+    r = cluster.cli("exec", "-u", "app", "team-a/cri-web", "--", "id", "-un")
+    assert (r.returncode, r.stdout) == (0, b"app\n"), r.stderr
+    r = cluster.cli("exec", "-u", "nobody", "team-a/cri-web", "--", "id", "-un")
+    assert r.returncode != 0 and b"alice may not exec in team-a/cri-web/httpd as nobody" in r.stderr
 
     # -L into the pod's own network, the CNI's, through the hop.
     code = f"""

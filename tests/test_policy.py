@@ -69,3 +69,39 @@ def test_sources_need_an_address():
 
 def test_the_user_message():
     assert POLICY.message(Access(ALICE, "exec", "team-a", "web-0", "app")) == "alice may not exec in team-a/web-0/app"
+
+
+RUN_AS = Policy(
+    [
+        Rule(subjects=["group:dev"], verbs=["*"], namespaces=["team-a"]),
+        Rule(subjects=["group:dev"], verbs=["exec"], namespaces=["team-a"], pods=["db-*"], run_as=["postgres", "10??"]),
+        Rule(subjects=["*"], verbs=["exec"], namespaces=["team-a"], pods=["db-1"], effect="deny", run_as=["postgres"]),
+        Rule(subjects=["group:dev"], verbs=["exec"], namespaces=["team-a"], pods=["db-2"], effect="deny"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("who", "pod", "run_as", "allowed"),
+    [
+        (ALICE, "web-0", None, True),  # the container's own user needs no run_as
+        (ALICE, "web-0", "postgres", False),  # only a rule that names the user allows another
+        (ALICE, "db-0", "postgres", True),
+        (ALICE, "db-0", "1000", True),  # globs: uids too
+        (ALICE, "db-0", "root", False),
+        (ALICE, "db-1", "postgres", False),  # a deny rule naming the user wins
+        (ALICE, "db-1", "1000", True),  # ... and only for the users it names
+        (ALICE, "db-2", "postgres", False),  # a deny rule without run_as denies whoever one runs as
+        (BOB, "db-0", "postgres", False),
+    ],
+)
+def test_running_as_another_user_needs_a_rule_that_names_them(who, pod, run_as, allowed):
+    access = Access(who, "exec", "team-a", pod, "app", run_as=run_as)
+    assert bool(RUN_AS.decide(access)) is allowed
+    if not allowed and run_as is not None:
+        assert RUN_AS.message(access) == f"{who.name} may not exec in team-a/{pod}/app as {run_as}"
+
+
+def test_run_as_is_never_an_empty_list():
+    with pytest.raises(ValueError, match="run_as"):
+        Rule(subjects=["*"], verbs=["exec"], namespaces=["*"], run_as=[])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podshell.core.target import InvalidTarget, Target, TargetError, candidates, resolve
+from podshell.core.target import InvalidTarget, Target, TargetError, candidates, resolve, split_run_as
 
 PODS = {
     ("team-a", "web-0"): ["app", "sidecar"],
@@ -80,3 +80,12 @@ def test_a_trailing_part_that_is_no_valid_container_belongs_to_the_pod():
     with pytest.raises(InvalidTarget):
         candidates("ns.web.1a-")
     assert candidates("ns.web.0") == [Target("ns", "web", "0"), Target("ns", "web.0")]
+
+
+def test_the_ssh_form_names_a_user_to_run_as_after_a_plus():
+    assert split_run_as("team-a.web-0.app") == ("team-a.web-0.app", None)
+    assert split_run_as("team-a.web-0.app+postgres") == ("team-a.web-0.app", "postgres")
+    assert split_run_as("team-a/web-0+1000") == ("team-a/web-0", "1000")
+    for bad in ("team-a.web-0+", "team-a.web-0+a b", "team-a.web-0+x+y", "team-a.web-0+" + "u" * 33):
+        with pytest.raises(InvalidTarget, match="user"):
+            split_run_as(bad)

@@ -37,6 +37,7 @@ class Request:
     verb: str
     target: str
     command: list[str] | None = None
+    run_as: str | None = None  # the container user asked for, if not its own
 
     def fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -49,6 +50,8 @@ class Request:
         }
         if self.command is not None:
             out["command"] = self.command
+        if self.run_as is not None:
+            out["run_as"] = self.run_as
         return out
 
 

@@ -71,6 +71,10 @@ class Gate:
         self.audit.denied(request, reason, kind)
         return Denied(message, kind)
 
+    def invalid(self, identity: Identity, text: str, peer: str, via: str, error: InvalidTarget) -> Denied:
+        """A login whose name a front door could not read: audited, like any."""
+        return self._deny(Request(identity, peer, via, "login", text), "invalid target", str(error), DenialKind.INVALID)
+
     def locate(self, identity: Identity, text: str, peer: str, via: str, verb: Verb | None = None) -> Target:
         """The target C{text} names, if C{identity} may learn of it.
 
@@ -113,10 +117,12 @@ class Gate:
         via: str,
         command: list[str] | None = None,
         resolve: Resolve | None = None,
+        run_as: str | None = None,
     ) -> Grant:
         """Check C{identity} may C{verb} in C{target} and open an audited session.
 
         @param peer: C{host:port} of the client.
+        @param run_as: a user of the container to run as, not its own.
         @param resolve: where the container is, instead of the runtime's
             (which wants it running).
         @raise Denied: with the line to show the user.
@@ -124,8 +130,8 @@ class Gate:
         asked = time.monotonic()
         pod_wide = verb == "port-forward"
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
-        request = Request(identity, peer, via, verb, str(wanted), command)
-        pod_access = Access(identity, verb, wanted.namespace, wanted.pod, source=ip_of(peer))
+        request = Request(identity, peer, via, verb, str(wanted), command, run_as)
+        pod_access = Access(identity, verb, wanted.namespace, wanted.pod, source=ip_of(peer), run_as=run_as)
         try:
             handle = (resolve or self.runtime.resolve)(wanted.namespace, wanted.pod, wanted.container)
         except TargetError as e:
@@ -134,11 +140,11 @@ class Gate:
             raise self._deny(request, str(e), self._explained(e), _kind(e)) from None
         container = None if pod_wide else handle.container
         access = replace(pod_access, namespace=handle.namespace, pod=handle.pod, container=container)
-        request = Request(identity, peer, via, verb, access.target, command)
+        request = Request(identity, peer, via, verb, access.target, command, run_as)
         decision = self.policy.decide(access)
         if not decision:
             raise self._deny(request, decision.reason, self.policy.message(access))
-        return Grant(handle, self.audit.session(request, asked))
+        return Grant(handle, self.audit.session(request, asked), run_as)
 
     def _explained(self, error: TargetError) -> str:
         """A pod not found may be on a node we cannot reach now: say so."""

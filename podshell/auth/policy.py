@@ -34,6 +34,9 @@ class Rule(StrictModel):
     containers: list[str] = ["*"]
     effect: Literal["allow", "deny"] = "allow"
     sources: list[str] | None = None
+    # Container users (names from its /etc/passwd, or uids; globs) an exec
+    # may run as instead of the container's own: none unless a rule says.
+    run_as: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("subjects")
     @classmethod
@@ -75,6 +78,7 @@ class Access:
     pod: str
     container: str | None = None
     source: str | None = None
+    run_as: str | None = None  # another user in the container than its own
 
     @property
     def target(self) -> str:
@@ -110,6 +114,8 @@ class CompiledRule:
             return False
         if access.container is not None and not _any(r.containers, access.container):
             return False
+        if access.run_as is not None and not self._covers(access.run_as):
+            return False
         if self.sources is not None:
             try:
                 address = ipaddress.ip_address(access.source) if access.source else None
@@ -118,6 +124,13 @@ class CompiledRule:
             if address is None or not any(address in net for net in self.sources):
                 return False
         return True
+
+    def _covers(self, user: str) -> bool:
+        """Only an allow rule that names the user allows running as another;
+        a deny rule without C{run_as} denies whoever one runs as."""
+        if self.rule.run_as is None:
+            return self.rule.effect == "deny"
+        return _any(self.rule.run_as, user)
 
 
 class Policy:
@@ -147,4 +160,5 @@ class Policy:
 
     def message(self, access: Access) -> str:
         """The line a denied user sees."""
-        return f"{access.identity.name} may not {_PHRASES.get(access.verb, access.verb)} in {access.target}"
+        as_user = f" as {access.run_as}" if access.run_as is not None else ""
+        return f"{access.identity.name} may not {_PHRASES.get(access.verb, access.verb)} in {access.target}{as_user}"

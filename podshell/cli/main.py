@@ -38,12 +38,15 @@ def _api(args: argparse.Namespace):
 
 def _exec(args: argparse.Namespace) -> int:
     from podshell.cli import remote
+    from podshell.core.target import run_as_problem
 
     command = args.command
     if not command:
         raise CLIError("say what to run: podshell exec POD -- COMMAND [ARGS...]")
     namespace, pod, container = _target(args)
-    return remote.run(_api(args), namespace, pod, container, command, args.stdin, args.tty)
+    if args.user is not None and (problem := run_as_problem(args.user)):
+        raise CLIError(problem)
+    return remote.run(_api(args), namespace, pod, container, command, args.stdin, args.tty, args.user)
 
 
 def _attach(args: argparse.Namespace) -> int:
@@ -156,7 +159,8 @@ def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.Arg
         (
             "exec", "run a command in a container", _exec,
             "examples:\n  podshell exec web-0 -- ls /\n  podshell exec -it team-a/web-0/app -- sh\n"
-            "  tar c . | podshell exec -i web-0 -- tar x -C /tmp\n\nThe command's exit code is podshell's.",
+            "  tar c . | podshell exec -i web-0 -- tar x -C /tmp\n  podshell exec -u postgres db-0 -- psql\n\n"
+            "The command's exit code is podshell's.",
         ),
         (
             "attach", "attach to a container's main process", _attach,
@@ -170,7 +174,10 @@ def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.Arg
         _stream_arguments(command)
         command.set_defaults(run=run)
         if name == "exec":
-            command.usage = "podshell exec [-h] [-n NS] [-c CTR] [-i] [-t] POD -- COMMAND [ARG...]"
+            command.add_argument(
+                "-u", "--user", help="run as this user of the container (a name from its /etc/passwd, or a uid)"
+            )
+            command.usage = "podshell exec [-h] [-n NS] [-c CTR] [-u USER] [-i] [-t] POD -- COMMAND [ARG...]"
 
     from podshell.cli import logs
 

@@ -41,9 +41,17 @@ from podshell.protocols import remotecommand as rc
 
 
 def run(
-    api: API, namespace: str, pod: str, container: str | None, command: list[str] | None, stdin: bool, tty: bool
+    api: API,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    command: list[str] | None,
+    stdin: bool,
+    tty: bool,
+    user: str | None = None,
 ) -> int:
-    """Run (or attach to) a command; returns its exit code."""
+    """Run (or attach to) a command, as the container's own user or as
+    C{user} of the container; returns its exit code."""
     if tty and not os.isatty(0):
         print("podshell: unable to use a TTY: input is not a terminal", file=sys.stderr)
         tty = False
@@ -52,6 +60,8 @@ def run(
         query.append(("container", container))
     query += [("stdin", str(stdin).lower()), ("stdout", "true"), ("stderr", str(not tty).lower())]
     query.append(("tty", str(tty).lower()))
+    if user is not None:
+        query.append(("user", user))
     target = pod_path(namespace, pod, "exec" if command is not None else "attach") + "?" + urlencode(query)
     sock = api.connect()
     try:

@@ -91,6 +91,7 @@ class Grant:
 
     handle: Placement
     session: Session
+    run_as: str | None = None  # the container user the policy allowed, if not the container's own
 
 
 class Sink(Protocol):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}")
 
 FORMS = "NAMESPACE.POD[.CONTAINER] or NAMESPACE/POD[/CONTAINER]"
 
@@ -56,6 +57,29 @@ def label_problem(value: str, what: str) -> str | None:
             f"{what} {value!r} must be lower-case letters, digits and '-', starting and ending with a letter or digit"
         )
     return None
+
+
+def run_as_problem(value: str) -> str | None:
+    """Why C{value} cannot name a user of a container (a name from its
+    /etc/passwd or a uid), or None."""
+    if not _USER.fullmatch(value):
+        return f"user {value[:40]!r} must be a uid or a name of letters, digits, '.', '_' and '-' (up to 32)"
+    return None
+
+
+def split_run_as(text: str) -> tuple[str, str | None]:
+    """C{ns.pod.ctr+USER} (the SSH form: '+' is in no DNS name): the target,
+    and the container user to run as, if one is given.
+
+    @raise InvalidTarget: the user part is not a user name.
+    """
+    name, plus, user = text.partition("+")
+    if not plus:
+        return text, None
+    problem = run_as_problem(user)
+    if problem:
+        raise InvalidTarget(text, problem)
+    return name, user
 
 
 def subdomain_problem(value: str, what: str) -> str | None:

@@ -136,6 +136,7 @@ class RemoteNode:
         query = [("container", grant.handle.container), *(("command", a) for a in request.argv)]
         query += [("stdin", "1"), ("stdout", "1"), ("tty", "1") if request.tty else ("stderr", "1")]
         query += [("env", f"{k}={v}") for k, v in request.env.items()]
+        query += [("user", grant.run_as)] if grant.run_as is not None else []
         process = RemoteProcess(sink, request.tty, self.name)
         self._open(grant, "exec", query, rc.PROCESS, process)
         if request.tty and request.size is not None:

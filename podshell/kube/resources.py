@@ -159,10 +159,15 @@ class KubeAPI:
         except ValueError as e:
             raise HTTPError(400, "BadRequest", str(e)) from None
         container = (request.query.get("container") or [""])[0] or None
+        # podshell's own parameter (kubectl has none): a container user to run as.
+        run_as = (request.query.get("user") or [""])[0] or None
+        if run_as is not None and verb != "exec":
+            raise HTTPError(400, "BadRequest", "user is a parameter of exec only")
         upgrade, protocol = _negotiate(request, self.exec_protocols, rc.SPDY_EXEC)
-        granted = self._enter(request, verb, Target(namespace, name, container), command)
+        granted = self._enter(request, verb, Target(namespace, name, container), command, run_as=run_as)
         query = [("container", granted.handle.container)] + [("command", c) for c in command or []]
         query += [(k, "1") for k in ("stdin", "stdout", "stderr", "tty") if getattr(options, k)]
+        query += [("user", run_as)] if run_as is not None else []
         spliced = self._splice(request, granted, verb, query)
         if spliced is not None:
             return spliced
@@ -297,13 +302,19 @@ class KubeAPI:
         return switch
 
     def _enter(
-        self, request: Request, verb: Verb, target: Target, command: list[str] | None, resolve: Resolve | None = None
+        self,
+        request: Request,
+        verb: Verb,
+        target: Target,
+        command: list[str] | None,
+        resolve: Resolve | None = None,
+        run_as: str | None = None,
     ) -> Grant:
         try:
             peer, via = request.peer, "api"
             if isinstance(request.identity, OnBehalf):  # a node agent, for a gateway
                 peer, via = request.identity.source or peer, f"gateway {request.identity.gateway} ({request.peer})"
-            return self.gate.enter(request.identity, verb, target, peer, via, command, resolve)
+            return self.gate.enter(request.identity, verb, target, peer, via, command, resolve, run_as)
         except Denied as e:
             said = answer(e.kind)
             raise HTTPError(said.status, said.reason, str(e)) from None

@@ -44,7 +44,8 @@ class LocalNode:
 
     def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process:
         handle = self._handle(grant)
-        return self.spawner.process(handle, list(request.argv), sink, request.env, request.tty, request.size)
+        argv = list(request.argv)
+        return self.spawner.process(handle, argv, sink, request.env, request.tty, request.size, user=grant.run_as)
 
     def attach(self, grant: Grant, sink: Sink) -> Process:
         return self.runtime.attach(self._handle(grant), sink)

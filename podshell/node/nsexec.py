@@ -205,6 +205,12 @@ def become(spec: dict, env: dict[str, str], run: Callable[[dict[str, str]], int]
             )
         confinement = spec.get("confinement")
         if confinement is not None:
+            if spec.get("run_as") is not None:  # another user of the container's, as runc exec --user
+                import dataclasses  # loaded already: this is the server's fork
+
+                uid, gid, groups, home = _credentials(str(spec["run_as"]))
+                confinement = dataclasses.replace(confinement, uid=uid, gid=gid, groups=tuple(groups))
+                env["HOME"] = home or _home_of(uid)
             if "HOME" not in env:
                 env["HOME"] = _home_of(confinement.uid)
             confinement.enter(exec_follows=run is None)

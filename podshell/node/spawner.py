@@ -420,8 +420,7 @@ class Spawner:
         try:
             environment = self.environment(handle.hostname, handle.env, env, tty)
             if handle.runtime_spec is not None:
-                if user is not None:
-                    raise ValueError("an exec into a container with a runtime spec runs as the spec's user")
+                spec["run_as"] = user  # the spec's user unless another is asked for
                 try:
                     spec["confinement"] = confined = confine.prepare(handle.runtime_spec, handle.init.pid, workdir)
                     environment = confined.environment(env, tty)

@@ -100,7 +100,10 @@ class Cluster:
             "ssh": {"listen": "tcp:2222:interface=127.0.0.1"},
             "api": {"listen": "ssl:8443:interface=127.0.0.1"},
             "users": [{"name": "alice", "groups": ["dev"], "ssh_keys": [keygen(self.key)], "tokens": [TOKEN]}],
-            "policy": [{"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]}],
+            "policy": [
+                {"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]},
+                {"subjects": ["group:dev"], "verbs": ["exec"], "namespaces": ["team-a"], "run_as": ["app"]},
+            ],
             "tls": {"ca": "../pki/ca.crt", "cert": "../pki/gw-1.crt", "key": "../pki/gw-1.key"},
             "nodes": [{"name": n, "address": f"{hosts.address[n]}:{NODE_PORT}"} for n in PODS],
             "refresh": 0.5,

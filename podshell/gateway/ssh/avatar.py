@@ -34,10 +34,18 @@ _BIND = {"": "0.0.0.0", "*": "0.0.0.0", "0.0.0.0": "0.0.0.0", "localhost": "127.
 
 class PodUser(ConchUser):
     def __init__(
-        self, identity: Identity, target: Target, peer: str, gate: Gate, cluster: Cluster, accept_env: list[str]
+        self,
+        identity: Identity,
+        target: Target,
+        peer: str,
+        gate: Gate,
+        cluster: Cluster,
+        accept_env: list[str],
+        run_as: str | None = None,
     ) -> None:
         super().__init__()
         self.identity = identity
+        self.run_as = run_as  # a container user its sessions run as (NS.POD.CTR+USER), not the container's own
         self.target = target
         self.peer = peer
         self.gate = gate

@@ -33,6 +33,7 @@ from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Directory, Identity
 from podshell.core.addresses import ack_now, host_port, set_no_delay
 from podshell.core.metrics import AuthMethod, FrontDoor, Metrics
+from podshell.core.target import InvalidTarget, split_run_as
 from podshell.core.transports import StreamTransport
 from podshell.core.twisted_private import log_through
 from podshell.gateway.routing import Cluster
@@ -177,8 +178,12 @@ class PodRealm:
         if IConchUser not in interfaces:
             # What twisted.cred asks of a realm that has none of the interfaces.
             raise NotImplementedError("only SSH users log in here")
-        target = self.gate.locate(login.identity, login.target, peer, "ssh")
-        user = PodUser(login.identity, target, peer, self.gate, self.cluster, self.accept_env)
+        try:
+            name, run_as = split_run_as(login.target)
+        except InvalidTarget as e:
+            raise self.gate.invalid(login.identity, login.target, peer, "ssh", e) from None
+        target = self.gate.locate(login.identity, name, peer, "ssh")
+        user = PodUser(login.identity, target, peer, self.gate, self.cluster, self.accept_env, run_as)
         return IConchUser, user, user.logout
 
 

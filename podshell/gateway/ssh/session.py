@@ -98,7 +98,13 @@ class SessionChannel(PodChannel):
         avatar = self.user
         try:
             granted = avatar.gate.enter(
-                avatar.identity, "exec", avatar.target, self.peer, "ssh", [command] if command else ["(shell)"]
+                avatar.identity,
+                "exec",
+                avatar.target,
+                self.peer,
+                "ssh",
+                [command] if command else ["(shell)"],
+                run_as=avatar.run_as,
             )
         except Denied as e:
             self._refuse(str(e))
