@@ -35,6 +35,28 @@ import sys
 TYPE_CHECKING = False  # not the typing module's: the helper loads nothing it does not use
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Literal, TypedDict
+
+    from podshell.node.confine import Confinement
+
+    class Spec(TypedDict, total=False):
+        """What the server hands the helper (as JSON on its command line) or
+        its own forked child (as is): the one typed contract across the fork."""
+
+        mode: Literal["sandbox", "run", "exec"]
+        target: list[int]  # [pid, start time]: the process whose namespaces are joined
+        join: list[str]  # namespace names (L{NAMESPACE_FLAGS})
+        new: list[str]  # namespaces made anew (run: pid and mnt)
+        argv: list[str]
+        user: str | None  # without a confinement: whom to run as, resolved in the container
+        workdir: str | None
+        hostname: str  # sandbox
+        parent: int  # the helper's parent, checked once the death signal is set
+        tty: bool
+        confinement: Confinement  # the container's, from its OCI spec (the server's own fork only)
+        run_as: str | None  # with a confinement: another user of the container's
+        refused: str  # why the command cannot run: the child says so and fails
+        builtin: str  # one of podshell's own programs instead of an exec
 
 # Everything the helper uses is imported above: once inside a container's
 # mount namespace, the host's Python library may not be there to import from.
@@ -121,7 +143,7 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
 
 
-def _sandbox(spec: dict) -> None:
+def _sandbox(spec: Spec) -> None:
     import socket
 
     _check(_libc.unshare(CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
@@ -174,7 +196,7 @@ def _home_of(uid: int) -> str:
     return entry[5] if entry else "/"
 
 
-def _child(spec: dict) -> None:
+def _child(spec: Spec) -> None:
     """In the helper's forked child: become the command, in a session of
     its own (a hangup reaches its children too), on the helper's terminal
     if it has one."""
@@ -184,7 +206,7 @@ def _child(spec: dict) -> None:
     become(spec, dict(os.environ))
 
 
-def become(spec: dict, env: dict[str, str], run: Callable[[dict[str, str]], int] | None = None) -> None:
+def become(spec: Spec, env: dict[str, str], run: Callable[[dict[str, str]], int] | None = None) -> None:
     """Become the command of C{spec}, already inside its namespaces and in
     a session of its own: death signal, user, directory, then exec; or,
     with a C{confinement} (L{podshell.node.confine}), the container's own
@@ -316,7 +338,7 @@ def _relay_and_wait(child: int) -> None:
             os._exit(128 + sig)
 
 
-def main(spec: dict) -> None:
+def main(spec: Spec) -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != spec["parent"]:
         os._exit(1)  # the server died before we set the death signal

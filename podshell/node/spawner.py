@@ -30,7 +30,7 @@ import sys
 import termios
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from signal import SIGHUP
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessExitedAlready
@@ -47,6 +47,9 @@ from podshell.node import confine, nsexec, scpserver, sftpserver
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
+
+if TYPE_CHECKING:
+    from podshell.node.nsexec import Spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ALL_NAMESPACES = ["ipc", "uts", "net", "pid", "mnt"]
@@ -236,7 +239,7 @@ class _BornInContainer(ForkHooks):
     and then becomes the command (L{nsexec.become}) instead of exec'ing
     what Twisted was given.  (No posix_spawn: it cannot enter namespaces.)"""
 
-    _spec: dict
+    _spec: Spec
     _env: dict[str, str]
     _pidfd: int
 
@@ -303,13 +306,13 @@ class _NsexecProcess(_OwnSession, Process):
 
 
 class _CommandProcess(_OwnSession, _BornInContainer, Process):
-    def __init__(self, reactor, spec: dict, env: dict[str, str], proto: ProcessProtocol) -> None:
+    def __init__(self, reactor, spec: Spec, env: dict[str, str], proto: ProcessProtocol) -> None:
         self._spec, self._env = spec, env
         Process.__init__(self, reactor, sys.executable, [sys.executable], {}, None, proto)
 
 
 class _CommandPTYProcess(_BornInContainer, PTYProcess):
-    def __init__(self, reactor, spec: dict, env: dict[str, str], proto: ProcessProtocol, pty: tuple) -> None:
+    def __init__(self, reactor, spec: Spec, env: dict[str, str], proto: ProcessProtocol, pty: tuple) -> None:
         self._spec, self._env = spec, env
         PTYProcess.__init__(self, reactor, sys.executable, [sys.executable], {}, None, proto, usePTY=pty)
 
@@ -337,14 +340,14 @@ class Spawner:
 
     def _launch(
         self,
-        spec: dict,
+        spec: Spec,
         sink: ProcessSink,
         env: Mapping[str, str],
         tty: bool,
         size: WindowSize | None,
         description: str,
     ) -> ProcessSession:
-        spec = dict(spec, parent=os.getpid(), tty=tty)
+        spec = {**spec, "parent": os.getpid(), "tty": tty}
         direct = spec["mode"] == "exec"
         session = ProcessSession(self._reactor, sink, tty, description, direct)
         usePTY: tuple | bool = False
@@ -407,7 +410,7 @@ class Spawner:
             raise ValueError("no command given")
         if argv[0] in BUILTINS:
             tty = False  # a server on a byte stream, whatever terminal was asked for
-        spec: dict[str, Any] = {
+        spec: Spec = {
             "mode": "exec",
             "target": [handle.init.pid, handle.init.started],
             "join": ALL_NAMESPACES,
@@ -442,7 +445,7 @@ class Spawner:
     ) -> ProcessSession:
         """Start a container's main process: PID 1 of new pid and mount
         namespaces, in the pod sandbox's network, uts and ipc namespaces."""
-        spec = {
+        spec: Spec = {
             "mode": "run",
             "target": [sandbox.pid, sandbox.started],
             "join": ["ipc", "uts", "net"],
@@ -455,7 +458,7 @@ class Spawner:
     def sandbox(self, hostname: str, sink: ProcessSink) -> ProcessSession:
         """Start a pod sandbox; it writes C{ready} on stdout once its
         namespaces exist."""
-        spec = {"mode": "sandbox", "hostname": hostname}
+        spec: Spec = {"mode": "sandbox", "hostname": hostname}
         return self._launch(spec, sink, {}, False, None, f"sandbox {hostname}")
 
     def connect(
