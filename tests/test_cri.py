@@ -622,3 +622,58 @@ def test_run_as_another_user_of_the_container(server, kubelet, home):
     assert {
         r.get("run_as") for r in records if r["event"] == "session.start" and r["target"] == "team-c/runas/app"
     } == {None, "app", "65534"}
+
+
+@pytest.mark.parametrize("version", ["1.20", "1.33"])
+def test_kubectl_cp_both_ways_into_an_image_without_tar(server, kubelet, tmp_path, version):
+    """podshell's own tar, in the container's namespaces: a file of every
+    size class and a tree, both ways, byte for byte."""
+    kubelet.run_pod("team-c", "notar", ContainerSpec("app", image="podshell.test/static:1"))
+    wait_listed(server, "notar")
+    env = {**os.environ, "KUBECONFIG": str(server.root / "kubeconfig")}
+
+    def cp(*args: str) -> None:
+        got = subprocess.run([kubectl_binary(version), "cp", *args], env=env, capture_output=True, timeout=120)
+        assert got.returncode == 0, got.stderr
+
+    blob = random.randbytes(3 * MiB + 7)
+    (tmp_path / "blob").write_bytes(blob)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "empty").write_bytes(b"")
+    (tree / "sub" / "edge").write_bytes(random.randbytes(65537))
+    cp(str(tmp_path / "blob"), "notar:/tmp/blob")
+    cp(str(tree), "notar:/tmp/tree")
+    got = kubectl(server, "exec", "notar", "--", "/bin/busybox", "sha256sum", "/tmp/blob", "/tmp/tree/sub/edge")
+    sums = [line.split()[0] for line in got.stdout.decode().splitlines()]
+    assert sums == [hashlib.sha256(blob).hexdigest(), hashlib.sha256((tree / "sub" / "edge").read_bytes()).hexdigest()]
+    cp("notar:/tmp/blob", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == blob
+    cp("notar:/tmp/tree", str(tmp_path / "tree-back"))
+    for name in ("empty", "sub/edge"):
+        assert (tmp_path / "tree-back" / name).read_bytes() == (tree / name).read_bytes()
+    # What GNU tar says of a path that is not there (kubectl shows it, and
+    # ends well: it reads only the archive).
+    got = subprocess.run(
+        [kubectl_binary(version), "cp", "notar:/tmp/none", str(tmp_path / "x")],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert not (tmp_path / "x").exists()
+    if version == "1.33":  # 1.20 stops reading the command's stderr at the archive's end
+        assert b"tar: /tmp/none: Cannot stat: No such file or directory" in got.stdout + got.stderr
+
+
+def test_kubectl_cp_without_tar_as_the_containers_user(server, kubelet, tmp_path):
+    """The files are the container user's; a read-only root says so."""
+    spec = ContainerSpec("app", image="podshell.test/static:1", run_as_user=1000, readonly_rootfs=True)
+    kubelet.run_pod("team-c", "notar-ro", spec)
+    wait_listed(server, "notar-ro")
+    (tmp_path / "f").write_bytes(b"data")
+    got = kubectl(server, "cp", str(tmp_path / "f"), "notar-ro:/home/f")
+    assert got.returncode != 0
+    assert b"Read-only file system" in got.stdout + got.stderr, (got.stdout, got.stderr)
+    got = kubectl(server, "cp", "notar-ro:/etc/group", str(tmp_path / "group"))
+    assert got.returncode == 0, got.stderr
+    assert b"extra:x:2000:app" in (tmp_path / "group").read_bytes()  # the image's, read as uid 1000

@@ -18,6 +18,9 @@ SFTP_SERVER = "podshell:sftp-server"
 # The same for legacy scp (scp -O): [SCP_SERVER, the client's remote command];
 # the container's own scp runs it if the container has a shell and scp.
 SCP_SERVER = "podshell:scp"
+# And for kubectl cp's tar: [TAR_SERVER, *the tar command]; the container's
+# own tar runs it if it has one.
+TAR_SERVER = "podshell:tar"
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from podshell.auth.policy import VERBS, Access, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Nodes, Placement, ProcessRequest
 from podshell.core.denial import answer
+from podshell.core.process import TAR_SERVER
 from podshell.core.target import NoSuchPod, Target, TargetError
 from podshell.kube import logs, objects, websocket
 from podshell.kube.channels import ChannelCommand, ChannelPort, ChannelPortForward
@@ -36,7 +37,7 @@ from podshell.kube.command import Start
 from podshell.kube.front import Handler, HTTPError, Request, Upgrade
 from podshell.kube.spdy import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
 from podshell.kube.websocket import MessageApp
-from podshell.protocols import channels
+from podshell.protocols import channels, tar
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
 
@@ -174,7 +175,9 @@ class KubeAPI:
         env = _env(request.query.get("env", [])) if self.agent else None
         start: Start
         if command is not None:
-            asked = ProcessRequest(tuple(command), env or {}, options.tty)
+            # kubectl cp's tar: the container's own if it has one, else podshell's.
+            argv = (TAR_SERVER, *command) if tar.parse(command) is not None else tuple(command)
+            asked = ProcessRequest(argv, env or {}, options.tty)
             start = lambda sink: self.cluster.process(granted, asked, sink)  # noqa: E731
         else:
             start = lambda sink: self.cluster.attach(granted, sink)  # noqa: E731

@@ -514,11 +514,11 @@ def serve(stdin: int = 0, stdout: int = 1, home: bytes | None = None) -> int:
     return 0
 
 
-def child_setup(env: dict[str, str]) -> None:
+def child_setup(env: dict[str, str], at_home: bool = True) -> None:
     """What a child running podshell's own server does first, once it is
     the container's (L{nsexec.become}): sshd's signal dispositions, not the
     server's handlers it was forked with; the user's home as the starting
-    directory.  The server's objects, copied by the fork, are never
+    directory, C{at_home}.  The server's objects, copied by the fork, are never
     collected here: a finalizer of one could close a descriptor number
     that is now ours."""
     gc.freeze()
@@ -526,7 +526,7 @@ def child_setup(env: dict[str, str]) -> None:
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     home = env.get("HOME")
-    if home:
+    if home and at_home:
         with contextlib.suppress(OSError):
             os.chdir(home)
 

@@ -41,9 +41,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.core.process import SCP_SERVER, SFTP_SERVER, ExitStatus, WindowSize, signal_number
+from podshell.core.process import SCP_SERVER, SFTP_SERVER, TAR_SERVER, ExitStatus, WindowSize, signal_number
 from podshell.core.twisted_private import ForkHooks, Process, PTYProcess, read_in_chunks_of
-from podshell.node import confine, nsexec, scpserver, sftpserver
+from podshell.node import confine, nsexec, scpserver, sftpserver, tarserver
 from podshell.node.confine import Confinement
 from podshell.node.netns import NetnsSockets
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, ProcessRef
@@ -285,6 +285,7 @@ class _BornInContainer(ForkHooks):
 BUILTINS: dict[str, Callable[[dict[str, str], list[str]], int]] = {
     SFTP_SERVER: sftpserver.main,
     SCP_SERVER: scpserver.main,
+    TAR_SERVER: tarserver.main,
 }
 
 

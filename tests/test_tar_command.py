@@ -1,0 +1,42 @@
+"""kubectl cp's tar command lines, recognised (and nothing else)."""
+
+from __future__ import annotations
+
+import pytest
+
+from podshell.protocols.tar import TarCommand, parse
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["tar", "cf", "-", "/tmp/x"], TarCommand(True, ("/tmp/x",))),
+        (["tar", "-xmf", "-", "-C", "/tmp"], TarCommand(False, (), "/tmp", keep_mtime=False)),
+        (["tar", "-xmf", "-"], TarCommand(False, (), None, keep_mtime=False)),
+        (
+            ["tar", "--no-same-permissions", "--no-same-owner", "-xmf", "-", "-C", "/d"],
+            TarCommand(False, (), "/d", keep_mtime=False, preserve=False),
+        ),
+        (["tar", "xf", "-"], TarCommand(False, ())),
+    ],
+)
+def test_the_forms_kubectl_cp_sends(argv, expected):
+    assert parse(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tar"],
+        ["tar", "cf", "-"],  # nothing to archive
+        ["tar", "cf", "out.tar", "x"],  # not on stdout
+        ["tar", "-xmf", "-", "-C"],
+        ["tar", "-xmf", "-", "extra"],
+        ["tar", "--no-same-owner", "cf", "-", "x"],
+        ["tar", "tf", "-"],
+        ["gtar", "cf", "-", "x"],
+        ["sh", "-c", "tar cf - x"],
+    ],
+)
+def test_anything_else_is_not_served(argv):
+    assert parse(argv) is None
