@@ -677,3 +677,45 @@ def test_kubectl_cp_without_tar_as_the_containers_user(server, kubelet, tmp_path
     got = kubectl(server, "cp", "notar-ro:/etc/group", str(tmp_path / "group"))
     assert got.returncode == 0, got.stderr
     assert b"extra:x:2000:app" in (tmp_path / "group").read_bytes()  # the image's, read as uid 1000
+
+
+def test_podshell_cp_both_ways_into_an_image_without_tar(server, kubelet, home, tmp_path):
+    kubelet.run_pod("team-c", "cpbox", ContainerSpec("app", image="podshell.test/static:1"))
+    wait_listed(server, "cpbox")
+    blob = random.randbytes(5 * MiB + 3)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "edge").write_bytes(random.randbytes(16385))
+    (tree / "blob").write_bytes(blob)
+    got = cli(home, "cp", str(tree), "team-c/cpbox:/tmp/up")  # no such directory: the tree becomes it
+    assert (got.returncode, got.stderr) == (0, b""), got.stderr  # no progress line off a terminal
+    # A directory: the file goes in it (this image has no test to ask, so the '/' says it).
+    got = cli(home, "cp", str(tree / "blob"), "team-c/cpbox:/tmp/up/")
+    assert got.returncode == 0, got.stderr
+    got = cli(home, "exec", "team-c/cpbox", "--", "/bin/busybox", "sha256sum", "/tmp/up/blob", "/tmp/up/sub/edge")
+    assert got.stdout.decode().split()[::2] == [
+        hashlib.sha256(blob).hexdigest(),
+        hashlib.sha256((tree / "sub" / "edge").read_bytes()).hexdigest(),
+    ]
+    got = cli(home, "cp", "team-c/cpbox:/tmp/up", str(tmp_path / "down"))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "down" / "blob").read_bytes() == blob
+    assert (tmp_path / "down" / "sub" / "edge").read_bytes() == (tree / "sub" / "edge").read_bytes()
+    got = cli(home, "cp", "team-c/cpbox:/tmp/up/blob", str(tmp_path / "down"))  # into the existing directory
+    assert got.returncode == 0 and (tmp_path / "down" / "blob").read_bytes() == blob
+    # Mistakes, each in one line.
+    got = cli(home, "cp", str(tmp_path / "none"), "team-c/cpbox:/tmp/x")
+    assert (got.returncode, got.stderr) == (1, f"podshell: {tmp_path / 'none'}: no such file or directory\n".encode())
+    got = cli(home, "cp", "a", "b")
+    assert got.returncode == 1 and b"one of SRC and DST is a container path" in got.stderr
+
+
+def test_podshell_cp_shows_its_progress_on_a_terminal(server, kubelet, home, tmp_path):
+    kubelet.run_pod("team-c", "cpterm", ContainerSpec("app", image="podshell.test/static:1"))
+    wait_listed(server, "cpterm")
+    (tmp_path / "big").write_bytes(bytes(64 * MiB))
+    assert PODSHELL
+    term = Terminal(["env", f"HOME={home}", PODSHELL, "cp", str(tmp_path / "big"), "team-c/cpterm:/tmp/big"], 24, 80)
+    term.expect(b"100%", timeout=60)
+    term.expect(b"/s \r\n", timeout=30)  # the last line, ended
+    assert term.close() == 0

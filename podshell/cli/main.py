@@ -56,6 +56,23 @@ def _attach(args: argparse.Namespace) -> int:
     return remote.run(_api(args), namespace, pod, container, None, args.stdin, args.tty)
 
 
+# Here, not in cli/cp.py: the help must not load tar for every command.
+CP_EPILOG = (
+    "examples:\n  podshell cp ./app.conf web-0:/etc/app/app.conf\n  podshell cp team-a/web-0:/var/log ./logs\n"
+    "  podshell cp -c app ./dist web-0:/srv\n\n"
+    "A container path is [NAMESPACE/]POD:PATH; a local path with a ':' in it starts with ./ or /.\n"
+    "A directory that exists at the destination (or a DST ending in /) receives the source under\n"
+    "its own name. The container needs no tar: where it has none, podshell serves it. Progress\n"
+    "shows on a terminal."
+)
+
+
+def _cp(args: argparse.Namespace) -> int:
+    from podshell.cli import cp
+
+    return cp.run(_api(args), args.source, args.destination, args.namespace, args.container)
+
+
 def _logs(args: argparse.Namespace) -> int:
     from podshell.cli import logs
 
@@ -180,6 +197,13 @@ def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.Arg
             command.usage = "podshell exec [-h] [-n NS] [-c CTR] [-u USER] [-i] [-t] POD -- COMMAND [ARG...]"
 
     from podshell.cli import logs
+
+    copy = _connection_command(commands, "cp", "copy files and directories to and from a container", CP_EPILOG)
+    copy.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: default)")
+    copy.add_argument("-c", "--container", help="the container (default: the pod's default container)")
+    copy.add_argument("source", metavar="SRC", help="a local path, or [NAMESPACE/]POD:PATH")
+    copy.add_argument("destination", metavar="DST", help="a local path, or [NAMESPACE/]POD:PATH")
+    copy.set_defaults(run=_cp)
 
     log = _connection_command(commands, "logs", "print a container's log", logs.EPILOG)
     _container_arguments(log)
