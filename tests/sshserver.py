@@ -43,8 +43,10 @@ class PodshellServer:
         wrap: list[str] | None = None,
         runtime: dict | None = None,
         metrics: str | None = None,
+        twistd_options: list[str] | None = None,
     ) -> None:
         """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
+        C{twistd_options}: twistd's own, before the plugin's name;
         C{runtime}: the runtime section instead of the local one running C{pods};
         C{metrics}: the metrics listener's endpoint."""
         self.root = root
@@ -67,8 +69,9 @@ class PodshellServer:
             config["ssh"]["ciphers"] = ciphers
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
+        argv = [*(wrap or []), TWISTD, "-n", "--pidfile=", *(twistd_options or []), "podshell"]
         self.proc = subprocess.Popen(
-            [*(wrap or []), TWISTD, "-n", "--pidfile=", "podshell", "--config", str(root / "podshell.yaml")],
+            [*argv, "--config", str(root / "podshell.yaml")],
             cwd=root,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
