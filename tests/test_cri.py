@@ -616,7 +616,8 @@ def test_run_as_another_user_of_the_container(server, kubelet, home):
     got = cli(home, "exec", "-u", "no such", "team-c/runas", "--", "id")
     assert (got.returncode, got.stderr) == (
         1,
-        b"podshell: user 'no such' must be a uid or a name of letters, digits, '.', '_' and '-' (up to 32)\n",
+        b"podshell: user 'no such' must be a uid (no leading zeros) or a name of letters, digits, '.', '_' and '-' "
+        b"(up to 32, not starting with a digit)\n",
     )
     records = [json.loads(line) for line in (server.root / "state" / "audit.jsonl").read_text().splitlines()]
     assert {

@@ -126,3 +126,19 @@ def test_port_forward_is_pod_wide(gate):
     granted = gate.enter(ALICE, "port-forward", "team-a/web-0", "127.0.0.1:1", "api")
     assert records(gate)[0]["target"] == "team-a/web-0"
     assert (granted.handle.pod, granted.handle.node) == ("web-0", "podshell")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_to_run_as_is_checked_at_the_gate_for_every_front_door(gate):
+    # A group after the user, or a uid spelt twice, would run as another than the policy saw.
+    for bad in ("app:0", "00", "a b", ""):
+        with pytest.raises(Denied) as denied:
+            gate.enter(ALICE, "exec", "team-a.web-0", "127.0.0.1:5000", "api", ["id"], run_as=bad or "-")
+        assert denied.value.kind is DenialKind.INVALID
+        assert "must be a uid (no leading zeros) or a name" in str(denied.value)
+    with pytest.raises(Denied) as denied:
+        gate.enter(ALICE, "exec", "team-a.web-0", "127.0.0.1:5000", "api", ["id"], run_as="0")
+    assert (
+        denied.value.kind is DenialKind.FORBIDDEN and str(denied.value) == "alice may not exec in team-a/web-0/app as 0"
+    )
+    assert records(gate)[-1]["run_as"] == "0"

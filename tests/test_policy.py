@@ -91,6 +91,7 @@ RUN_AS = Policy(
         (ALICE, "db-0", "root", False),
         (ALICE, "db-1", "postgres", False),  # a deny rule naming the user wins
         (ALICE, "db-1", "1000", True),  # ... and only for the users it names
+        (ALICE, "db-1", None, True),  # ... never for the container's own user
         (ALICE, "db-2", "postgres", False),  # a deny rule without run_as denies whoever one runs as
         (BOB, "db-0", "postgres", False),
     ],
@@ -105,3 +106,11 @@ def test_running_as_another_user_needs_a_rule_that_names_them(who, pod, run_as, 
 def test_run_as_is_never_an_empty_list():
     with pytest.raises(ValueError, match="run_as"):
         Rule(subjects=["*"], verbs=["exec"], namespaces=["*"], run_as=[])
+
+
+def test_a_rule_with_run_as_allows_only_those_users():
+    """ "May exec only as postgres" can be written: a run_as rule does not
+    also allow the container's own user."""
+    only = Policy([Rule(subjects=["group:dev"], verbs=["exec"], namespaces=["team-a"], run_as=["postgres"])])
+    assert only.decide(Access(ALICE, "exec", "team-a", "db-0", "app", run_as="postgres"))
+    assert not only.decide(Access(ALICE, "exec", "team-a", "db-0", "app"))

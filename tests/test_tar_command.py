@@ -40,3 +40,14 @@ def test_the_forms_kubectl_cp_sends(argv, expected):
 )
 def test_anything_else_is_not_served(argv):
     assert parse(argv) is None
+
+
+def test_a_file_that_shrinks_or_grows_is_read_as_its_header_says():
+    import io
+
+    from podshell.node.tarserver import _Exactly
+
+    shrunk = _Exactly(io.BytesIO(b"abcde"), 8, "f")
+    assert shrunk.read(3) + shrunk.read(100) + shrunk.read(1) == b"abcde\0\0\0"
+    grown = _Exactly(io.BytesIO(b"0123456789"), 4, "g")
+    assert grown.read() == b"0123" and grown.read(5) == b""

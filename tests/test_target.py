@@ -86,6 +86,14 @@ def test_the_ssh_form_names_a_user_to_run_as_after_a_plus():
     assert split_run_as("team-a.web-0.app") == ("team-a.web-0.app", None)
     assert split_run_as("team-a.web-0.app+postgres") == ("team-a.web-0.app", "postgres")
     assert split_run_as("team-a/web-0+1000") == ("team-a/web-0", "1000")
-    for bad in ("team-a.web-0+", "team-a.web-0+a b", "team-a.web-0+x+y", "team-a.web-0+" + "u" * 33):
+    assert split_run_as("team-a.web-0+0") == ("team-a.web-0", "0")
+    for bad in (
+        "team-a.web-0+",
+        "team-a.web-0+a b",
+        "team-a.web-0+x+y",
+        "team-a.web-0+" + "u" * 33,
+        "x.y+00",
+        "x.y+a:0",
+    ):
         with pytest.raises(InvalidTarget, match="user"):
             split_run_as(bad)

@@ -28,6 +28,7 @@ from podshell.core.target import (
     TargetError,
     candidates,
     resolve,
+    run_as_problem,
 )
 
 # Where a target's container is (pods/log: whether it runs or not).
@@ -131,6 +132,8 @@ class Gate:
         pod_wide = verb == "port-forward"
         wanted = target if isinstance(target, Target) else self.locate(identity, target, peer, via, verb)
         request = Request(identity, peer, via, verb, str(wanted), command, run_as)
+        if run_as is not None and (problem := run_as_problem(run_as)):  # every front door's, checked once
+            raise self._deny(request, "invalid user", problem, DenialKind.INVALID)
         pod_access = Access(identity, verb, wanted.namespace, wanted.pod, source=ip_of(peer), run_as=run_as)
         try:
             handle = (resolve or self.runtime.resolve)(wanted.namespace, wanted.pod, wanted.container)

@@ -114,7 +114,7 @@ class CompiledRule:
             return False
         if access.container is not None and not _any(r.containers, access.container):
             return False
-        if access.run_as is not None and not self._covers(access.run_as):
+        if not self._covers(access.run_as):
             return False
         if self.sources is not None:
             try:
@@ -125,12 +125,13 @@ class CompiledRule:
                 return False
         return True
 
-    def _covers(self, user: str) -> bool:
-        """Only an allow rule that names the user allows running as another;
-        a deny rule without C{run_as} denies whoever one runs as."""
+    def _covers(self, user: str | None) -> bool:
+        """A rule with C{run_as} is about running as those users only; one
+        without is about the container's own user, and as a deny rule about
+        whoever one runs as."""
         if self.rule.run_as is None:
-            return self.rule.effect == "deny"
-        return _any(self.rule.run_as, user)
+            return user is None or self.rule.effect == "deny"
+        return user is not None and _any(self.rule.run_as, user)
 
 
 class Policy:

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}")
+# A name from /etc/passwd, or a uid written one way only (no leading zeros):
+# a policy matches what is asked for, so "00" must not be another "0".
+_USER = re.compile(r"(0|[1-9][0-9]{0,9}|[A-Za-z_][A-Za-z0-9._-]{0,31})")
 
 FORMS = "NAMESPACE.POD[.CONTAINER] or NAMESPACE/POD[/CONTAINER]"
 
@@ -63,7 +65,10 @@ def run_as_problem(value: str) -> str | None:
     """Why C{value} cannot name a user of a container (a name from its
     /etc/passwd or a uid), or None."""
     if not _USER.fullmatch(value):
-        return f"user {value[:40]!r} must be a uid or a name of letters, digits, '.', '_' and '-' (up to 32)"
+        return (
+            f"user {value[:40]!r} must be a uid (no leading zeros) or a name of letters, digits, '.', '_' and '-' "
+            "(up to 32, not starting with a digit)"
+        )
     return None
 
 

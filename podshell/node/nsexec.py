@@ -255,6 +255,10 @@ def become(spec: Spec, env: dict[str, str], run: Callable[[dict[str, str]], int]
     except (OSError, LookupError, ValueError) as e:
         _fail(str(e))
     if run is not None:
+        # No exec to leave the server's memory behind: nothing in the
+        # container may read it (/proc/PID/mem, ptrace), as runc keeps its
+        # init until the exec.
+        _libc.prctl(_PR_SET_DUMPABLE, 0)
         os._exit(run(env))
     _exec(spec["argv"], env)
 
@@ -285,7 +289,7 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
     image has no rsync."""
     name = argv[0]
     if name == _SHELL and len(argv) == 3 and argv[1] == "-c":
-        words = argv[2].split()
+        words = [w for w in argv[2].replace("\t", " ").split(" ") if w]  # sh's field separators, no others
         simple = bool(words) and "=" not in words[0] and not _SHELL_SYNTAX.intersection(argv[2])
         if simple and words[:2] == ["rsync", "--server"]:
             argv, name = words, words[0]

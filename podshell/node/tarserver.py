@@ -4,8 +4,9 @@ as an exec is (L{podshell.node.spawner}), writing or reading the archive on
 its stdout or stdin with Python's C{tarfile}.  A container with a tar runs
 its own, as kubectl expects.
 
-Everything it uses is imported here, before the fork (C{tarfile} brings
-C{pwd} and C{grp}: inside the container they read its own files).
+Everything it uses is imported here, before the fork.  Owners go by
+number: C{tarfile}'s name lookups would go through the host's NSS, which
+could load a library from the container's filesystem into this process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import tarfile
 import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from podshell.node import nsexec
 from podshell.node.sftpserver import child_setup
@@ -27,6 +30,7 @@ def main(env: dict[str, str], argv: list[str]) -> int:
     """In the child, once it is the container's: its own tar if it has
     one, else ours.  GNU tar's exit codes: 2 for a fatal error."""
     child_setup(env, at_home=False)
+    tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]  # numeric owners only
     path = env.get("PATH", "/usr/bin:/bin").split(":")
     if any(os.access(os.path.join(d, "tar"), os.X_OK) for d in path if d):
         nsexec._exec(argv[1:], env)
@@ -42,24 +46,78 @@ def main(env: dict[str, str], argv: list[str]) -> int:
 
 
 def _create(command: TarCommand) -> int:
-    failed = False
-    with (
-        os.fdopen(1, "wb", closefd=False) as out,
-        tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar,
-    ):
+    """As GNU tar: a member that cannot be read is said and skipped, the
+    rest of its tree goes on, and the exit code says something was left out."""
+    problems = 0
+
+    def said(message: str) -> None:
+        nonlocal problems
+        problems += 1
+        os.write(2, f"tar: {message}\n".encode(errors="replace"))
+
+    out = os.fdopen(1, "wb", closefd=False)
+    with out, tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for name in command.paths:
             source = os.path.join(command.directory, name) if command.directory else name
-            arcname = name.lstrip("/")
+            arcname = name.lstrip("/") or "."
             if arcname != name:
                 os.write(2, b"tar: Removing leading `/' from member names\n")
-            try:
-                tar.add(source, arcname=arcname or ".", recursive=True)
-            except OSError as e:
-                os.write(2, f"tar: {name}: Cannot stat: {e.strerror}\n".encode(errors="replace"))
-                failed = True
-    if failed:
+            for path, member in _walk(source, arcname, said):
+                try:
+                    info = tar.gettarinfo(path, member)
+                except OSError as e:
+                    said(f"{path}: Cannot stat: {e.strerror}")
+                    continue
+                if not info.isreg():
+                    tar.addfile(info)
+                    continue
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 (closed below, after the copy)
+                except OSError as e:
+                    said(f"{path}: Cannot open: {e.strerror}")
+                    continue
+                with f:
+                    tar.addfile(info, _Exactly(f, info.size, path))
+    if problems:
         os.write(2, b"tar: Exiting with failure status due to previous errors\n")
-    return 2 if failed else 0
+    return 2 if problems else 0
+
+
+def _walk(path: str, member: str, said: Callable[[str], None]) -> Iterator[tuple[str, str]]:
+    """C{path} and, for a directory (not a link to one), what is under it."""
+    yield path, member
+    if os.path.isdir(path) and not os.path.islink(path):
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as e:
+            said(f"{path}: Cannot open: {e.strerror}")
+            return
+        for name in names:
+            yield from _walk(os.path.join(path, name), f"{member}/{name}", said)
+
+
+class _Exactly:
+    """A file read as exactly the size its header says: one that shrank
+    meanwhile is padded with zeros (GNU tar's way), so the archive stays
+    whole; one that grew is cut at its header's size."""
+
+    def __init__(self, f: BinaryIO, size: int, path: str) -> None:
+        self.f = f
+        self.left = size
+        self.path = path
+        self.shrank = False
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.left if n < 0 else min(n, self.left)
+        data = b"" if self.shrank else self.f.read(want)
+        if len(data) < want:
+            if not self.shrank:
+                self.shrank = True
+                short = self.left - len(data)
+                os.write(2, f"tar: {self.path}: File shrank by {short} bytes; padding with zeros\n".encode())
+            data += bytes(want - len(data))
+        self.left -= want
+        return data
 
 
 def _extract(command: TarCommand) -> int:
