@@ -43,10 +43,11 @@ class PodshellServer:
         wrap: list[str] | None = None,
         runtime: dict | None = None,
         metrics: str | None = None,
+        ssh: dict | None = None,
     ) -> None:
         """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
         C{runtime}: the runtime section instead of the local one running C{pods};
-        C{metrics}: the metrics listener's endpoint."""
+        C{metrics}: the metrics listener's endpoint; C{ssh}: more of the ssh section."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -65,6 +66,7 @@ class PodshellServer:
             config["metrics"] = {"listen": metrics}
         if ciphers:
             config["ssh"]["ciphers"] = ciphers
+        config["ssh"].update(ssh or {})
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         self.proc = subprocess.Popen(
