@@ -213,8 +213,10 @@ def test_a_handshake_that_stalls_is_dropped_at_the_grace_time(logged):
     assert server.startups.total == 0
     assert server.hit(SSHLimit.GRACE_TIME) == 1
     assert [e["count"] for e in logged] == [1]
+    server.clock.advance(5)  # it read nothing: its connection is aborted
+    assert tcp.disconnected
     stalled.connectionLost(None)
-    assert server.startups.total == 0
+    assert server.startups.total == 0 and not server.clock.getDelayedCalls()
 
 
 def test_without_limits_nothing_is_counted():

@@ -54,6 +54,9 @@ ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
 log = Logger()
 
+# Seconds a connection dropped at its grace time has to take its last packet.
+ABORT_AFTER = 5.0
+
 
 @dataclass(frozen=True)
 class StartupLimits:
@@ -103,6 +106,16 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
             transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
             f"podshell: not logged in within the login grace time ({self.graceTime:g} s)".encode(),
         )
+        # A client that reads nothing would keep a closing connection (and its
+        # socket) for as long as what was written to it waits: not for long.
+        if self.clock is not None:
+            self._grace = self.clock.callLater(ABORT_AFTER, self._abort)
+
+    def _abort(self) -> None:
+        self._grace = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
 
     def _peerHost(self) -> str:
         return self.startup.source if self.startup is not None else "unknown"
