@@ -227,6 +227,18 @@ def test_without_limits_nothing_is_counted():
     assert factory.startups is None
 
 
+def test_the_unauthenticated_are_read_when_scraped(tmp_path):
+    from podshell.gateway.ssh.server import make_factory
+
+    metrics = Metrics()
+    limits = StartupLimits(MaxStartups(10, 30, 100), 5, 60)
+    factory = make_factory([], ["aes128-gcm@openssh.com"], tmp_path, None, None, None, metrics, limits, Clock())
+    factory.doStart()
+    for port in (1, 2):
+        factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", port)).makeConnection(StringTransport())
+    assert metrics.registry.get_sample_value("podshell_ssh_unauthenticated") == 2
+
+
 def test_the_limits_series_are_there_at_zero():
     from podshell.core.metrics import FrontDoor
 

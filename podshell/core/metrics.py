@@ -192,6 +192,10 @@ class Metrics:
         """A gateway's node agents, by name: C{podshell_node_reachable}."""
         self._state.nodes = nodes
 
+    def watch_ssh_startups(self, count: Callable[[], int]) -> None:
+        """The SSH connections not logged in yet: C{podshell_ssh_unauthenticated}."""
+        self._state.startups = count
+
     def watch_runtime(self, kind: str, runtime: Watched, errors: Callable[[], int]) -> None:
         """A node's runtime: C{podshell_runtime_up}, C{podshell_runtime_errors_total}."""
         self._state.runtimes.append((kind, runtime, errors))
@@ -201,11 +205,18 @@ class _State(Collector):
     def __init__(self) -> None:
         self.nodes: Callable[[], Sequence[tuple[str, Watched]]] | None = None
         self.runtimes: list[tuple[str, Watched, Callable[[], int]]] = []
+        self.startups: Callable[[], int] | None = None
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(())  # unchecked: its series come and go with the nodes
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.startups is not None:
+            yield GaugeMetricFamily(
+                "podshell_ssh_unauthenticated",
+                "SSH connections from accept until login (what max_startups limits)",
+                value=float(self.startups()),
+            )
         if self.nodes is not None:
             reachable = GaugeMetricFamily(
                 "podshell_node_reachable", "1 if the node agent answered its last pod listing, else 0", labels=["node"]

@@ -365,4 +365,8 @@ def make_factory(
 ) -> PodSSHFactory:
     portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory, metrics)])
     keys = hostkeys.load_or_create(state_dir)
-    return PodSSHFactory(portal, keys, [c.encode() for c in ciphers], limits, clock, metrics)
+    factory = PodSSHFactory(portal, keys, [c.encode() for c in ciphers], limits, clock, metrics)
+    startups = factory.startups
+    if metrics is not None and startups is not None:
+        metrics.watch_ssh_startups(lambda: startups.total)
+    return factory
