@@ -57,7 +57,10 @@ def server(tmp_path_factory):
             "containers": ["app"],
         },
     ]
-    srv = PodshellServer(root, pods, users, policy)
+    # Fifty logins at once from one address (test_fifty_concurrent_sessions):
+    # over the default limits on unauthenticated connections, as over sshd's.
+    limits = {"max_startups": 1000, "per_source_max_startups": None}
+    srv = PodshellServer(root, pods, users, policy, ssh=limits)
     try:
         srv.wait_ready(containers=3)
         probe = Client(srv, root / "id_alice")

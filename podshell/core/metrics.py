@@ -64,6 +64,14 @@ class AuthMethod(StrEnum):
     NONE = "none"  # API: neither a token nor a client certificate
 
 
+class SSHLimit(StrEnum):
+    """The limit on unauthenticated SSH connections that one hit."""
+
+    MAX_STARTUPS = "max_startups"  # refused at accept: the total, by random early drop
+    PER_SOURCE = "per_source_max_startups"  # refused at accept: too many from its address
+    GRACE_TIME = "login_grace_time"  # dropped: not logged in within the grace time
+
+
 # Session start: the gate's name -> policy -> placement, up to the session's audit record.
 START_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # A node agent's pod listing, TLS round trip included.
@@ -113,6 +121,12 @@ class Metrics:
             ["front_door", "method"],
             registry=r,
         )
+        self.ssh_limits = Counter(
+            "podshell_ssh_limits_hit",
+            "Unauthenticated SSH connections refused or dropped, by the limit they hit",
+            ["limit"],
+            registry=r,
+        )
         self.session_start = Histogram(
             "podshell_session_start_seconds",
             "From a request at the gate to its session's start (name, policy, placement, audit)",
@@ -142,6 +156,9 @@ class Metrics:
                 self.sessions_started.labels(door, verb)
             for method in methods.get(door, []):
                 self.auth_failures.labels(door, method)
+            if door is FrontDoor.SSH:
+                for limit in SSHLimit:
+                    self.ssh_limits.labels(limit)
 
     # Counted as they happen.
     def session_started(self, via: str, verb: str, seconds: float | None = None) -> None:
@@ -164,6 +181,9 @@ class Metrics:
     def authentication_failed(self, door: FrontDoor, method: AuthMethod) -> None:
         self.auth_failures.labels(door, method).inc()
 
+    def ssh_limit_hit(self, limit: SSHLimit) -> None:
+        self.ssh_limits.labels(limit).inc()
+
     def pods_listed(self, node: str, seconds: float) -> None:
         self.node_list.labels(node).observe(seconds)
 
@@ -171,6 +191,10 @@ class Metrics:
     def watch_nodes(self, nodes: Callable[[], Sequence[tuple[str, Watched]]]) -> None:
         """A gateway's node agents, by name: C{podshell_node_reachable}."""
         self._state.nodes = nodes
+
+    def watch_ssh_startups(self, count: Callable[[], int]) -> None:
+        """The SSH connections not logged in yet: C{podshell_ssh_unauthenticated}."""
+        self._state.startups = count
 
     def watch_runtime(self, kind: str, runtime: Watched, errors: Callable[[], int]) -> None:
         """A node's runtime: C{podshell_runtime_up}, C{podshell_runtime_errors_total}."""
@@ -181,11 +205,18 @@ class _State(Collector):
     def __init__(self) -> None:
         self.nodes: Callable[[], Sequence[tuple[str, Watched]]] | None = None
         self.runtimes: list[tuple[str, Watched, Callable[[], int]]] = []
+        self.startups: Callable[[], int] | None = None
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(())  # unchecked: its series come and go with the nodes
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.startups is not None:
+            yield GaugeMetricFamily(
+                "podshell_ssh_unauthenticated",
+                "SSH connections from accept until login (what max_startups limits)",
+                value=float(self.startups()),
+            )
         if self.nodes is not None:
             reachable = GaugeMetricFamily(
                 "podshell_node_reachable", "1 if the node agent answered its last pod listing, else 0", labels=["node"]

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from podshell.auth.identity import NAME_PATTERN, User
 from podshell.auth.policy import VERBS, Rule
 from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
+from podshell.gateway.ssh.startups import MaxStartups
 from podshell.node.runtime.manifest import Backoff
 
 
@@ -31,6 +32,33 @@ class SSHConfig(Listener):
         min_length=1,
         description="offered in this order; add aes128-ctr/aes256-ctr for clients without AES-GCM",
     )
+    # Unauthenticated connections (accept to login), as sshd's MaxStartups,
+    # PerSourceMaxStartups and LoginGraceTime.
+    max_startups: str = Field(
+        default="10:30:100",
+        description="START:RATE:FULL: from START unauthenticated connections on, refuse new ones with "
+        "probability RATE% rising to 100% at FULL; or N (refuse at N)",
+    )
+    per_source_max_startups: int | None = Field(
+        default=5,
+        ge=1,
+        description="unauthenticated connections from one address; null: no limit. Below max_startups' START, "
+        "one address alone cannot bring the others into early drop",
+    )
+    login_grace_time: float = Field(default=60, gt=0, le=3600, description="seconds from accept to login")
+
+    @field_validator("max_startups", mode="before")
+    @classmethod
+    def _max_startups(cls, v: object) -> object:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if isinstance(v, str):
+            MaxStartups.parse(v)
+        return v
+
+    @property
+    def startups(self) -> MaxStartups:
+        return MaxStartups.parse(self.max_startups)
 
 
 class APIConfig(Listener):

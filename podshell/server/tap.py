@@ -37,7 +37,7 @@ from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
-from podshell.gateway.ssh.server import make_factory
+from podshell.gateway.ssh.server import StartupLimits, make_factory
 from podshell.kube.front import APIFactory, by_credentials
 from podshell.kube.resources import KubeAPI
 from podshell.node.agent import TrustGateway, gateway_requests
@@ -211,14 +211,38 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
 
+# The SSH listener's accept queue unless its endpoint string sets backlog=
+# (Twisted's default is 50; Linux caps it at net.core.somaxconn).  A flood
+# of connections that outpaces the accept loop fills a short queue, and then
+# every new connection's SYN, a real user's too, waits on a retry (1 s, 3 s, ...).
+SSH_BACKLOG = 4096
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """C{description} (a Twisted endpoint string) with C{backlog} if it is a
+    TCP or TLS one without a backlog of its own."""
+    kind = description.split(":", 1)[0]
+    if kind not in ("tcp", "tcp6", "ssl") or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 class Listening(Service):
     """Listens on an endpoint; if it cannot, the server stops with exit code 1
     and one line on stderr (a port in use is an operator's mistake)."""
 
     def __init__(
-        self, reactor, description: str, what: str, factory: IProtocolFactory, announce: Callable[[str], None]
+        self,
+        reactor,
+        description: str,
+        what: str,
+        factory: IProtocolFactory,
+        announce: Callable[[str], None],
+        backlog: int | None = None,
     ) -> None:
+        """C{backlog}: the accept queue, unless C{description} sets one."""
         self.reactor = reactor
+        self.backlog = backlog
         self.description = description
         self.what = what
         self.factory = factory
@@ -228,7 +252,10 @@ class Listening(Service):
     def startService(self) -> None:
         super().startService()
         try:
-            endpoint = serverFromString(self.reactor, self.description)
+            description = self.description
+            if self.backlog is not None:
+                description = with_backlog(description, self.backlog)
+            endpoint = serverFromString(self.reactor, description)
         except ValueError as e:
             return self._failed(Failure(e))
         endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
@@ -434,10 +461,20 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, met
     config = loaded.config
     doors = MultiService()
     gate = Gate(cluster, loaded.policy, audit)
+    limits = StartupLimits(config.ssh.startups, config.ssh.per_source_max_startups, config.ssh.login_grace_time)
     ssh = make_factory(
-        config.ssh.accept_env, config.ssh.ciphers, loaded.state_dir, loaded.directory, gate, cluster, metrics
+        config.ssh.accept_env,
+        config.ssh.ciphers,
+        loaded.state_dir,
+        loaded.directory,
+        gate,
+        cluster,
+        metrics,
+        limits,
+        reactor,
     )
-    Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster)).setServiceParent(doors)
+    ssh_door = Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster), backlog=SSH_BACKLOG)
+    ssh_door.setServiceParent(doors)
     if config.api is not None:
         api = KubeAPI(gate, cluster, reactor)
         factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))

@@ -1,5 +1,10 @@
 """The SSH server: transport, public-key authentication, realm, factory.
 
+Until its user is authenticated a connection is a I{startup}
+(L{podshell.gateway.ssh.startups}): the factory refuses one over the limits
+with one line saying why, and the transport drops one that has not logged in
+within the login grace time.
+
 Authentication is by public key only.  Once a key is proven, the user name is
 checked as a target; a bad name or a pod the identity may not use ends the
 connection with one line saying why (the SSH disconnect message), after the
@@ -24,7 +29,9 @@ from twisted.cred.credentials import ICredentials, ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
@@ -32,7 +39,7 @@ from podshell import __version__
 from podshell.auth.gate import Denied, Gate
 from podshell.auth.identity import Directory, Identity
 from podshell.core.addresses import ack_now, host_port, set_no_delay
-from podshell.core.metrics import AuthMethod, FrontDoor, Metrics
+from podshell.core.metrics import AuthMethod, FrontDoor, Metrics, SSHLimit
 from podshell.core.target import InvalidTarget, split_run_as
 from podshell.core.transports import StreamTransport
 from podshell.core.twisted_private import log_through
@@ -42,8 +49,24 @@ from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
 from podshell.gateway.ssh.connection import PodConnection
 from podshell.gateway.ssh.logs import conch_logger
+from podshell.gateway.ssh.startups import REFUSAL, MaxStartups, Startups, Throttled, Ticket
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
+
+log = Logger()
+
+# Seconds a connection dropped at its grace time has to take its last packet.
+ABORT_AFTER = 5.0
+
+
+@dataclass(frozen=True)
+class StartupLimits:
+    """The configuration's C{max_startups}, C{per_source_max_startups} (None:
+    no limit) and C{login_grace_time} (seconds)."""
+
+    max_startups: MaxStartups
+    per_source: int | None
+    grace_time: float
 
 
 @log_through(conch_logger)
@@ -61,11 +84,54 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
         if type(getattr(self, "nextEncryptions", None)) is transport.SSHCiphers:
             self.nextEncryptions.__class__ = Ciphers  # the same state, plus GCM and faster MACs
 
+    # Set by the factory: this connection's place among the unauthenticated
+    # ones, and the time it has to log in.
+    startup: Ticket | None = None
+    graceTime: float | None = None
+    clock: IReactorTime | None = None
+    _grace: IDelayedCall | None = None
+
     def connectionMade(self) -> None:
         # As sshd does: small packets (keystrokes, a command's exit) go out at
         # once instead of waiting on Nagle for the peer's delayed ACK (~40 ms).
         set_no_delay(self.transport)
+        if self.graceTime is not None and self.clock is not None:
+            self._grace = self.clock.callLater(self.graceTime, self._graceOver)
         super().connectionMade()
+
+    def _graceOver(self) -> None:
+        self._grace = None
+        self._authenticated()
+        cast(PodSSHFactory, self.factory).limitHit(SSHLimit.GRACE_TIME, self._peerHost())
+        self.sendDisconnect(
+            transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+            f"podshell: not logged in within the login grace time ({self.graceTime:g} s)".encode(),
+        )
+        # A client that reads nothing would keep a closing connection (and its
+        # socket) for as long as what was written to it waits: not for long.
+        if self.clock is not None:
+            self._grace = self.clock.callLater(ABORT_AFTER, self._abort)
+
+    def _abort(self) -> None:
+        self._grace = None
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+    def _peerHost(self) -> str:
+        return self.startup.source if self.startup is not None else "unknown"
+
+    def _authenticated(self) -> None:
+        """No longer a startup: logged in, gone, or dropped."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if self.startup is not None:
+            self.startup.release()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._authenticated()
+        super().connectionLost(reason)
 
     # Until the user is authenticated the client runs with Nagle on, and each of
     # its handshake packets would wait for our delayed ACK of the one before.
@@ -79,6 +145,7 @@ class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
     def setService(self, service: SSHService) -> None:
         if isinstance(service, PodConnection):
             self._ackAtOnce = False  # logged in
+            self._authenticated()
         super().setService(service)
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
@@ -119,6 +186,11 @@ class PodUserAuth(userauth.SSHUserAuthServer):
     attemptsBeforeDisconnect = 6
 
     def serviceStarted(self) -> None:
+        # The transport's grace time, from the accept, comes first; Conch's
+        # own timer, from here, is only a backstop.
+        grace = cast(PodServerTransport, self.transport).graceTime
+        if grace is not None:
+            self.loginTimeout = int(grace) + 1
         super().serviceStarted()
         self.supportedAuthentications = [b"publickey"]
         assert self.transport is not None and self.transport.transport is not None
@@ -193,20 +265,96 @@ class PodSSHFactory(SSHFactory):
     protocol = PodServerTransport
     services = {b"ssh-userauth": PodUserAuth, b"ssh-connection": PodConnection}
 
-    def __init__(self, portal: Portal, keys: list[Key], ciphers: list[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        portal: Portal,
+        keys: list[Key],
+        ciphers: list[bytes] | None = None,
+        limits: StartupLimits | None = None,
+        clock: IReactorTime | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """C{limits} and C{clock}: no limits on unauthenticated connections
+        without both."""
         self.portal = portal
         self.privateKeys = {k.sshType(): k for k in keys}
         self.publicKeys = {k.sshType(): k.public() for k in keys}
         self.ciphers = ciphers or list(GCM_KEY_SIZES)
+        self.limits = limits
+        self.clock = clock
+        self.metrics = metrics
+        self.startups = Startups(limits.max_startups, limits.per_source) if limits is not None else None
+        now = clock.seconds if clock is not None else (lambda: 0.0)
+        self._quiet = {SSHLimit.GRACE_TIME: Throttled(now), SSHLimit.MAX_STARTUPS: Throttled(now)}
+        self._quiet[SSHLimit.PER_SOURCE] = self._quiet[SSHLimit.MAX_STARTUPS]
 
     def buildProtocol(self, addr: IAddress | None) -> transport.SSHServerTransport:
+        ticket: Ticket | None = None
+        if self.startups is not None and self.limits is not None and self.clock is not None:
+            source = str(getattr(addr, "host", "local"))
+            admitted = self.startups.admit(source)
+            if isinstance(admitted, SSHLimit):
+                self.limitHit(admitted, source)
+                refusal = _Refused()
+                refusal.factory = self
+                return cast(transport.SSHServerTransport, refusal)
+            ticket = admitted
         t = super().buildProtocol(addr)
         t.supportedCiphers = self.ciphers
+        if ticket is not None:
+            pod = cast(PodServerTransport, t)
+            pod.startup, pod.clock = ticket, self.clock
+            pod.graceTime = self.limits.grace_time if self.limits is not None else None
         return t
+
+    def limitHit(self, limit: SSHLimit, source: str) -> None:
+        """Counted every time; logged once, then at most every 10 s."""
+        if self.metrics is not None:
+            self.metrics.ssh_limit_hit(limit)
+        count = self._quiet[limit].event()
+        if not count:
+            return
+        if limit is SSHLimit.GRACE_TIME:
+            log.warn(
+                "SSH: dropped {count} connection(s) not logged in within the login grace time"
+                " ({grace:g} s; the latest from {source})",
+                count=count,
+                grace=self.limits.grace_time if self.limits is not None else 0,
+                source=source,
+            )
+        else:
+            assert self.startups is not None and self.limits is not None
+            log.warn(
+                "SSH: refused {count} connection(s) over the limits on unauthenticated ones"
+                " (the latest from {source}: {limit}; now {total} unauthenticated, {mine} from it;"
+                " max_startups {spec}, per_source_max_startups {per_source})",
+                count=count,
+                source=source,
+                limit=limit.value,
+                total=self.startups.total,
+                mine=self.startups.by_source.get(source, 0),
+                spec=_spec(self.limits.max_startups),
+                per_source=self.limits.per_source if self.limits.per_source is not None else "none",
+            )
 
     def getPrimes(self) -> None:
         """No DH group exchange: curve25519 and ML-KEM are offered instead."""
         return None
+
+
+class _Refused(Protocol):
+    """A connection over the limits: one line saying why, then closed.  SSH
+    lets a server send lines before its version line; OpenSSH shows none of
+    them, but ends with "Connection closed by remote host" at once."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(REFUSAL)
+        self.transport.loseConnection()
+
+
+def _spec(m: MaxStartups) -> str:
+    return f"{m.start}:{m.rate}:{m.full}"
 
 
 def make_factory(
@@ -217,6 +365,13 @@ def make_factory(
     gate: Gate,
     cluster: Cluster,
     metrics: Metrics | None = None,
+    limits: StartupLimits | None = None,
+    clock: IReactorTime | None = None,
 ) -> PodSSHFactory:
     portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory, metrics)])
-    return PodSSHFactory(portal, hostkeys.load_or_create(state_dir), [c.encode() for c in ciphers])
+    keys = hostkeys.load_or_create(state_dir)
+    factory = PodSSHFactory(portal, keys, [c.encode() for c in ciphers], limits, clock, metrics)
+    startups = factory.startups
+    if metrics is not None and startups is not None:
+        metrics.watch_ssh_startups(lambda: startups.total)
+    return factory
