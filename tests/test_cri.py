@@ -594,8 +594,12 @@ async def test_attach_refused_by_the_runtime_says_why(containerd, kubelet):
 def test_run_as_another_user_of_the_container(server, kubelet, home):
     """As C{runc exec --user}: that user's ids and groups from the image's
     /etc/passwd and /etc/group, and still the container's confinement."""
-    kubelet.run_pod("team-c", "runas", ContainerSpec("app"))
+    kubelet.run_pod("team-c", "runas", ContainerSpec("app", working_dir="/srv"))
     wait_listed(server, "runas")
+    # A working directory only root may enter: reached before the user switch, as runc does.
+    assert server.client.ssh("team-c.runas", "chmod 700 /srv").returncode == 0
+    got = server.client.ssh("team-c.runas+app", "pwd; ls . || echo no-listing")
+    assert got.stdout == b"/srv\nno-listing\n", got.stderr
     probe = "id; echo $HOME; grep -E '^(CapEff|Seccomp):' /proc/self/status; touch /etc/probe"
     got = server.client.ssh("team-c.runas+app", probe)
     lines = got.stdout.decode().splitlines()

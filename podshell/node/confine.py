@@ -225,13 +225,14 @@ class Confinement:
                 if not caps.bounding & (1 << number):
                     _prctl(_PR_CAPBSET_DROP, number, "dropping from the bounding set")
             _prctl(_PR_SET_KEEPCAPS, 1, "keep capabilities")
+        # As runc: the directory first with the rights we still have (a cwd
+        # only root may enter is reached), again as the user if refused.
+        moved = self._chdir(retry=True)
         os.setgroups(list(self.groups))
         os.setgid(self.gid)
         os.setuid(self.uid)
-        try:
-            os.chdir(self.cwd)
-        except OSError as e:
-            raise OSError(e.errno, f"working directory {self.cwd}: {e.strerror}") from None
+        if not moved:
+            self._chdir(retry=False)
         if caps is not None:
             _prctl(_PR_SET_KEEPCAPS, 0, "keep capabilities")
             _capset(caps if exec_follows else caps.after_exec(self.uid))
@@ -239,6 +240,17 @@ class Confinement:
             _write_attr("apparmor/exec", f"exec {self.apparmor_profile}")
         if self.seccomp is not None and self.no_new_privileges:
             self.seccomp.load()  # as close to the exec as can be: the fewest syscalls under it
+
+    def _chdir(self, retry: bool) -> bool:
+        try:
+            os.chdir(self.cwd)
+        except PermissionError as e:
+            if retry:
+                return False
+            raise OSError(e.errno, f"working directory {self.cwd}: {e.strerror}") from None
+        except OSError as e:
+            raise OSError(e.errno, f"working directory {self.cwd}: {e.strerror}") from None
+        return True
 
 
 def _prctl(option: int, value: int, what: str, argument: int = 0) -> None:
