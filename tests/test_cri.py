@@ -460,12 +460,12 @@ def home(server, tmp_path_factory):
 
 
 def test_cli_attach_passes_every_byte_both_ways(server, kubelet, home):
-    """Sizes either side of 16 KiB and 64 KiB, and over a MiB, each through
+    """Sizes either side of 16 KiB and 64 KiB, over a MiB and tens of MiB, each through
     an attachment of its own to the same cat: every byte comes back."""
     kubelet.run_pod("team-c", "data", ContainerSpec("cat", command=CAT, stdin=True))
     wait_listed(server, "data")
     assert PODSHELL
-    for n in (1, 16383, 16385, 65535, 65537, MiB + 3):
+    for n in (1, 16383, 16385, 65535, 65537, MiB + 3, 24 * MiB + 5):
         data = random.Random(n).randbytes(n)
         proc = subprocess.Popen([PODSHELL, "attach", "-i", "team-c/data/cat"], env=cli_env(home),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
@@ -641,7 +641,7 @@ def test_kubectl_cp_both_ways_into_an_image_without_tar(server, kubelet, tmp_pat
         got = subprocess.run([kubectl_binary(version), "cp", *args], env=env, capture_output=True, timeout=120)
         assert got.returncode == 0, got.stderr
 
-    blob = random.randbytes(3 * MiB + 7)
+    blob = random.randbytes(23 * MiB + 7)
     (tmp_path / "blob").write_bytes(blob)
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -687,7 +687,7 @@ def test_kubectl_cp_without_tar_as_the_containers_user(server, kubelet, tmp_path
 def test_podshell_cp_both_ways_into_an_image_without_tar(server, kubelet, home, tmp_path):
     kubelet.run_pod("team-c", "cpbox", ContainerSpec("app", image="podshell.test/static:1"))
     wait_listed(server, "cpbox")
-    blob = random.randbytes(5 * MiB + 3)
+    blob = random.randbytes(41 * MiB + 3)  # tens of MiB, odd: every buffer and frame boundary crossed
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "edge").write_bytes(random.randbytes(16385))

@@ -84,7 +84,7 @@ def server(tmp_path_factory):
 def prometheus(server):
     """Prometheus scraping the server every second; killed and its data removed after."""
     if PROMETHEUS is None:
-        pytest.skip("no prometheus (scripts/test-deps.sh installs it)")
+        pytest.fail("no prometheus: run scripts/test-deps.sh as root, which installs it")
     where = Path(tempfile.mkdtemp(prefix="podshell-prometheus-"))
     port = free_port()
     config = {

@@ -18,8 +18,8 @@ from .sshserver import Client, PodshellServer, keygen
 
 pytestmark = needs_root
 TARGET = "team-a.files"
-# Sizes either side of SFTP's 16 KiB, 64 KiB and 256 KiB boundaries, and a few MiB.
-SIZES = [0, 1, 16383, 16384, 16385, 65535, 65536, 65537, 262143, 262144, 262145, 7 << 20]
+# Sizes either side of SFTP's 16 KiB, 64 KiB and 256 KiB boundaries, a few MiB and tens of MiB (odd).
+SIZES = [0, 1, 16383, 16384, 16385, 65535, 65536, 65537, 262143, 262144, 262145, 7 << 20, (37 << 20) + 11]
 
 
 @pytest.fixture(scope="module")

@@ -265,10 +265,11 @@ def test_a_builtin_takes_the_capabilities_an_exec_would_leave():
     assert ambient.after_exec(1000) == Capabilities(0b1111, 0b10, 0b10, 0b10, 0b10)
 
 
-@pytest.mark.skipif(shutil.which("sftp") is None, reason="needs OpenSSH's sftp")
 def test_openssh_sftp_against_the_server_directly(tmp_path):
     """OpenSSH's client talking to L{sftpserver.serve} over pipes (sftp -D),
     no SSH, no pod: the server alone, with the client's own expectations."""
+    if shutil.which("sftp") is None:
+        pytest.fail("no OpenSSH sftp: run scripts/test-deps.sh as root, which installs openssh-client")
     server = tmp_path / "server.sh"
     code = "import os, sys; from podshell.node import sftpserver; sys.exit(sftpserver.serve(home=os.getcwdb()))"
     server.write_text(
