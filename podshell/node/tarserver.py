@@ -21,9 +21,25 @@ from podshell.node import nsexec
 from podshell.node.sftpserver import child_setup
 from podshell.protocols.tar import TarCommand, parse
 
-# Extraction never leaves its directory and never makes devices or setuid
-# files: the "tar" filter of PEP 706, then kubectl's options.
-_SAFE = tarfile.tar_filter
+# Longest path a member or its link may name.  Python before 3.11.13 lets
+# PEP 706's filter be bypassed through paths past PATH_MAX (CVE-2025-4517 and
+# its family): refusing long ones first closes that door on any 3.11.
+_LONGEST = 1024
+
+
+class PathTooLong(tarfile.FilterError):
+    def __init__(self, member: tarfile.TarInfo) -> None:
+        super().__init__(f"{member.name!r} names a path longer than {_LONGEST} bytes")
+        self.tarinfo = member
+
+
+def safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """Extraction never leaves its directory and never makes devices or
+    setuid files: the "tar" filter of PEP 706, after a length bound."""
+    for path in (member.name, member.linkname):
+        if len(os.path.join(dest, path).encode(errors="surrogateescape")) > _LONGEST:
+            raise PathTooLong(member)
+    return tarfile.tar_filter(member, dest)
 
 
 def main(env: dict[str, str], argv: list[str]) -> int:
@@ -124,7 +140,7 @@ def _extract(command: TarCommand) -> int:
     now = time.time()
 
     def allowed(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        member = _SAFE(member, dest)
+        member = safe(member, dest)
         if not command.keep_mtime:
             member = member.replace(mtime=now, deep=False)
         if not command.preserve:
