@@ -8,7 +8,8 @@ import json
 import struct
 
 import pytest
-from twisted.conch.ssh import common, connection
+from twisted.conch.ssh import common, connection, forwarding
+from twisted.conch.ssh.transport import MSG_DEBUG
 from twisted.internet.testing import StringTransport
 
 from podshell.auth.audit import AuditLog
@@ -78,6 +79,22 @@ class Client:
     def close(self, channel: int) -> None:
         self.send(connection.MSG_CHANNEL_CLOSE, struct.pack(">L", channel))
 
+    def global_request(self, kind: bytes, data: bytes) -> list[tuple]:
+        self.send(connection.MSG_GLOBAL_REQUEST, common.NS(kind) + b"\x01" + data)
+        return self.received()
+
+    def open_direct(self, host: bytes, port: int) -> list[tuple]:
+        """ssh -L's channel, for a connection from the client's 127.0.0.1:50000."""
+        where = forwarding.packOpen_direct_tcpip((host, port), (b"127.0.0.1", 50000))
+        self.send(
+            connection.MSG_CHANNEL_OPEN, common.NS(b"direct-tcpip") + struct.pack(">3L", 9, WINDOW, PACKET) + where
+        )
+        return self.received()
+
+    def confirm(self, channel: int, mine: int = 11) -> None:
+        """Accept a channel the server opened (ssh -R's forwarded-tcpip)."""
+        self.send(connection.MSG_CHANNEL_OPEN_CONFIRMATION, struct.pack(">4L", channel, mine, WINDOW, PACKET))
+
     def adjust(self, channel: int, size: int) -> None:
         self.send(connection.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", channel, size))
 
@@ -89,6 +106,17 @@ def decode(kind: int, payload: bytes) -> tuple:
         return ("data", common.getNS(payload[4:])[0])
     if kind == connection.MSG_CHANNEL_EXTENDED_DATA:
         return ("stderr", common.getNS(payload[8:])[0])
+    if kind == connection.MSG_CHANNEL_OPEN_FAILURE:
+        return ("open-failure", struct.unpack(">L", payload[4:8])[0], common.getNS(payload[8:])[0])
+    if kind == connection.MSG_CHANNEL_OPEN:
+        name, rest = common.getNS(payload)
+        return ("open", name.decode(), *struct.unpack(">3L", rest[:12]), rest[12:])
+    if kind == connection.MSG_REQUEST_SUCCESS:
+        return ("request-success", payload)
+    if kind == connection.MSG_REQUEST_FAILURE:
+        return ("request-failure",)
+    if kind == MSG_DEBUG:
+        return ("debug", common.getNS(payload[1:])[0])
     if kind == connection.MSG_CHANNEL_REQUEST:
         name, rest = common.getNS(payload[4:])
         return (name.decode(), rest[1:])
@@ -281,3 +309,80 @@ def test_a_full_tcp_send_buffer_pauses_every_channel_even_new_ones(node, audit):
     tcp.producer.resumeProducing()
     assert [p.paused for p in node.processes] == [False, False]
     assert output(client.received()) == b"waits"
+
+
+def test_ssh_L_carries_bytes_and_each_half_close_then_closes_once_both_are_done(node, audit):
+    node.pods_here[0].listening.add(8080)
+    client = connect(node, audit, ["port-forward"])
+    ((kind, recipient, channel, *_),) = client.open_direct(b"localhost", 8080)
+    assert (kind, recipient) == ("open-confirmation", 9)
+    ((pipe, socket),) = node.sockets
+    client.data(channel, b"GET /")
+    assert socket.value() == b"GET /"
+    pipe.dataReceived(b"200 OK")
+    assert client.received() == [("data", b"200 OK")]
+    client.eof(channel)
+    assert socket.writeClosed and client.received() == []
+    pipe.readConnectionLost()  # the program in the pod closed its side
+    assert client.received() == [("eof",)]
+    pipe.writeConnectionLost()
+    pipe.connectionLost(None)  # Twisted's TCP ends the connection once both halves are done
+    assert socket.disconnecting
+    assert client.received() == [("close",)]
+    client.close(channel)
+    assert client.conn.channels == {}
+    start, end = audited(audit)
+    assert (start["verb"], start["command"]) == ("port-forward", ["-L localhost:8080"])
+    assert (end["bytes_in"], end["bytes_out"]) == (5, 6)
+
+
+def test_ssh_L_refusals_say_why_in_the_open_failure(node, audit):
+    client = connect(node, audit, ["port-forward"])
+    assert client.open_direct(b"localhost", 9) == [
+        (
+            "open-failure",
+            connection.OPEN_CONNECT_FAILED,
+            b"podshell: nothing listens on localhost:9 in pod team-a/web-0",
+        )
+    ]
+    ((_, code, why),) = client.open_direct(b"10.1.2.3", 80)
+    assert (code, why) == (
+        connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+        b"podshell: only ports inside the pod can be forwarded: use localhost:80, not 10.1.2.3:80",
+    )
+    exec_only = connect(node, audit, ["exec"])
+    ((_, code, why),) = exec_only.open_direct(b"localhost", 8080)
+    assert code == connection.OPEN_ADMINISTRATIVELY_PROHIBITED and b"may not port-forward" in why
+
+
+def test_ssh_R_listens_in_the_pod_and_each_connection_there_opens_a_channel(node, audit):
+    client = connect(node, audit, ["port-forward"])
+    ((kind, data),) = client.global_request(b"tcpip-forward", common.NS(b"localhost") + struct.pack(">L", 0))
+    (listener,) = node.listeners
+    assert (kind, data) == ("request-success", struct.pack(">L", listener.getHost().port))
+    pipe, socket = listener.dial()
+    ((kind, name, server_channel, window, packet, where),) = client.received()
+    assert (kind, name) == ("open", "forwarded-tcpip") and window > 0 and packet > 0
+    bound, rest = common.getNS(where)
+    assert (bound, struct.unpack(">L", rest[:4])[0]) == (b"localhost", listener.getHost().port)
+    assert common.getNS(rest[4:])[0] == b"127.0.0.1"  # the pod-side peer
+    assert socket.producerState == "paused"  # nothing is read until the client accepts
+    client.confirm(server_channel)
+    pipe.dataReceived(b"ping")
+    assert client.received() == [("data", b"ping")]
+    client.data(server_channel, b"pong")
+    assert socket.value() == b"pong"
+    cancel = client.global_request(b"cancel-tcpip-forward", common.NS(b"localhost") + struct.pack(">L", 0))
+    assert cancel == [("request-success", b"")] and not listener.listening
+
+
+def test_ssh_R_outside_the_pod_or_without_the_verb_is_refused_with_a_line(node, audit):
+    client = connect(node, audit, ["port-forward"])
+    assert client.global_request(b"tcpip-forward", common.NS(b"10.1.2.3") + struct.pack(">L", 80)) == [
+        ("debug", b"podshell: -R can only listen inside the pod (localhost), not on 10.1.2.3"),
+        ("request-failure",),
+    ]
+    exec_only = connect(node, audit, ["exec"])
+    (line, failure) = exec_only.global_request(b"tcpip-forward", common.NS(b"localhost") + struct.pack(">L", 0))
+    assert line[0] == "debug" and b"may not port-forward" in line[1] and failure == ("request-failure",)
+    assert node.listeners == []

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IPushProducer, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
@@ -136,6 +137,34 @@ class PodSocket(StringTransport):
         self.producer = None
 
 
+@implementer(IListeningPort)
+class PodListener:
+    """A listening socket in the pod (``ssh -R``): the test plays a program
+    in the pod connecting to it with L{dial}."""
+
+    def __init__(self, factory: IProtocolFactory, host: str, port: int) -> None:
+        self.factory = factory
+        self.address = IPv4Address("TCP", host, port)
+        self.listening = True
+
+    def dial(self) -> tuple[IProtocol, PodSocket]:
+        assert self.listening, "nobody listens any more"
+        protocol = self.factory.buildProtocol(self.address)
+        assert protocol is not None
+        socket = PodSocket(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        protocol.makeConnection(socket)
+        return protocol, socket
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+    def startListening(self) -> None:
+        self.listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
 @dataclass
 class MemoryNode:
     """The part of the Node contract that finding a container, running a
@@ -149,6 +178,7 @@ class MemoryNode:
     clock: Clock = field(default_factory=Clock)
     processes: list[CatProcess] = field(default_factory=list)
     sockets: list[tuple[IProtocol, PodSocket]] = field(default_factory=list)
+    listeners: list[PodListener] = field(default_factory=list)
 
     def _pod(self, namespace: str, pod: str) -> MemoryPod | None:
         return next((p for p in self.pods_here if (p.namespace, p.name) == (namespace, pod)), None)
@@ -191,3 +221,8 @@ class MemoryNode:
         protocol.makeConnection(socket)
         self.sockets.append((protocol, socket))
         return succeed(protocol)
+
+    def listen(self, grant: Grant, port: int, factory: IProtocolFactory, host: str) -> Deferred[IListeningPort]:
+        listener = PodListener(factory, host, port or 40000 + len(self.listeners))
+        self.listeners.append(listener)
+        return succeed(listener)
