@@ -222,6 +222,37 @@ async def test_a_restarted_container_gets_no_session_of_its_predecessor(containe
 
 
 @pytest_twisted.ensureDeferred
+async def test_containerds_events_make_a_change_seen_at_once_without_a_listing_interval(containerd, kubelet):
+    """Listing once an hour, a new pod and a stopped container are still
+    seen within a fraction of a second: containerd's event stream says so."""
+    runtime = CRIRuntime(reactor, containerd.endpoint, interval=3600)
+    runtime.startService()
+    try:
+        await wait_for(lambda: runtime.problem is None, timeout=5)
+        began = time.monotonic()
+        pod = kubelet.run_pod("team-c", "evented", ContainerSpec("app"))
+        started = time.monotonic()
+
+        def running() -> bool:
+            try:
+                return runtime.resolve("team-c", "evented").container == "app"
+            except (NoSuchPod, ContainerNotRunning):
+                return False
+
+        await wait_for(running, timeout=2, step=0.005, what="the new pod")
+        seen = time.monotonic()
+        kubelet.stop_container(pod.containers["app"])
+        stopped = time.monotonic()
+        await wait_for(lambda: not running(), timeout=2, step=0.005, what="the stop")
+        print(
+            f"pod made in {started - began:.3f}s, seen {seen - started:.3f}s later; "
+            f"stop seen {time.monotonic() - stopped:.3f}s after it returned"
+        )
+    finally:
+        await runtime.stopService()
+
+
+@pytest_twisted.ensureDeferred
 async def test_runtime_socket_missing_at_start(containerd, kubelet, tmp_path):
     link = tmp_path / "cri.sock"
     runtime = CRIRuntime(reactor, f"unix://{link}", interval=0.1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -19,9 +19,21 @@ from grpc import RpcError
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ProcessRef
 from podshell.node.runtime.cri import api_pb2 as cri
+from podshell.node.runtime.cri import events_pb2 as events
 from podshell.node.runtime.cri.api_pb2_grpc import RuntimeServiceStub
+from podshell.node.runtime.cri.events_pb2_grpc import EventsStub
 
-__all__ = ["CONTAINERD", "CRIO", "Client", "Container", "RpcError", "Sandbox", "State", "default_endpoint"]
+__all__ = [
+    "CONTAINERD",
+    "CRIO",
+    "Client",
+    "Container",
+    "Events",
+    "RpcError",
+    "Sandbox",
+    "State",
+    "default_endpoint",
+]
 
 CONTAINERD = "unix:///run/containerd/containerd.sock"
 CRIO = "unix:///var/run/crio/crio.sock"
@@ -30,6 +42,7 @@ POD_NAMESPACE = "io.kubernetes.pod.namespace"
 POD_UID = "io.kubernetes.pod.uid"
 CONTAINER_NAME = "io.kubernetes.container.name"
 RESTART_COUNT = "io.kubernetes.container.restartCount"
+KUBELET_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI's sandboxes and containers
 TIMEOUT = 2.0  # seconds for one call: a runtime that does not answer is reported, not waited for
 
 
@@ -120,6 +133,10 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
+    def events(self) -> Events:
+        """containerd's event stream for the kubelet's containers."""
+        return Events(self.channel)
+
     def runtime_name(self) -> str:
         """As a kubelet prefixes container IDs with it (C{containerd}, C{cri-o})."""
         return self._cri.Version(cri.VersionRequest(), timeout=TIMEOUT).runtime_name
@@ -208,3 +225,21 @@ class Client:
         (stdout, and stderr unless it has a terminal)."""
         request = cri.AttachRequest(container_id=container_id, stdin=stdin, tty=tty, stdout=True, stderr=not tty)
         return str(self._cri.Attach(request, timeout=TIMEOUT).url)
+
+
+class Events:
+    """What changes in containerd's kubelet namespace, as event topics
+    (C{/tasks/start}, C{/tasks/exit}, ...), for as long as it is iterated;
+    L{cancel} (from any thread) ends the iteration.  A runtime without the
+    service (CRI-O) fails the first step with C{UNIMPLEMENTED}."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        request = events.SubscribeRequest(filters=[f"namespace=={KUBELET_NAMESPACE}"])
+        self._call = EventsStub(channel).Subscribe(request)
+
+    def __iter__(self) -> Iterator[str]:
+        for envelope in self._call:
+            yield envelope.topic
+
+    def cancel(self) -> None:
+        self._call.cancel()

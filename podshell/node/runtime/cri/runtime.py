@@ -2,10 +2,12 @@
 podshell sees them, and a way into their containers.
 
 podshell only reads them: it never creates or removes a pod or container.
-A listing of sandboxes and containers runs every L{INTERVAL} seconds off the
-reactor thread (containerd 1.6 has no container event stream); details are
-asked for once per new sandbox or container state, so a poll is two cheap
-calls.  A new pod is usable within one interval.  A handle names the
+A listing of sandboxes and containers runs off the reactor thread every
+L{INTERVAL} seconds, and at once whenever containerd's own event stream
+says a task or container changed (containerd 1.6's CRI has no
+C{GetContainerEvents}; CRI-O has neither, and is listed on the interval
+alone).  Details are asked for once per new sandbox or container state, so
+a listing is two cheap calls.  A handle names the
 container's init by PID and start time, and the spawner enters it only if
 that process still is the one: a restarted container (new ID, new PID)
 never receives a session meant for its predecessor.  When the runtime does
@@ -14,10 +16,12 @@ answers again (gRPC reconnects by itself)."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import grpc
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -32,11 +36,15 @@ from podshell.core.target import LogsUnavailable
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning, NoSuchContainer, NoSuchPod
 from podshell.node.runtime.cri.attach import RuntimeAttachment
-from podshell.node.runtime.cri.client import Client, Container, RpcError, Sandbox, State
+from podshell.node.runtime.cri.client import Client, Container, Events, RpcError, Sandbox, State
 from podshell.node.runtime.cri.logs import CRILog
 
 log = Logger()
 INTERVAL = 0.5  # seconds between listings: how stale a pod may be
+SETTLE = 0.05  # the CRI updates its own state just after containerd's event: list once more then
+RETRY = (0.1, 5.0)  # seconds before subscribing again to a runtime that went away: first, most
+# The events that change what a listing shows.
+CHANGES = ("/tasks/", "/containers/")
 
 
 @dataclass(frozen=True)
@@ -184,16 +192,20 @@ class CRIRuntime(Service):
         self._snapshot = Snapshot({}, {})
         self._pods: dict[tuple[str, str], CRIPod] = {}
         self._listing: Deferred[None] | None = None
+        self._again = False  # something changed while a listing was under way
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = reactor
+        self._watch = _EventWatch(self)
 
     def startService(self) -> None:
         super().startService()
         self._loop.start(self.interval, now=True)
+        self._watch.start()
 
     def stopService(self) -> Deferred[None]:
         """Stop listing; the channel closes once a listing under way ends."""
         super().stopService()
+        self._watch.stop()
         if self._loop.running:
             self._loop.stop()
         listing = self._listing if self._listing is not None else succeed(None)
@@ -204,14 +216,28 @@ class CRIRuntime(Service):
         return listing.addBoth(close)
 
     def refresh(self) -> Deferred[None]:
-        """List again (in a thread: a call may wait for its timeout)."""
+        """List again (in a thread: a call may wait for its timeout); asked
+        while a listing is under way, list once more when it ends."""
+        if self._listing is not None:
+            self._again = True
+            return self._listing
         d = deferToThread(self._list, self._snapshot).addCallbacks(self._listed, self._failed)
         self._listing = d
 
         def finished(result: None) -> None:
             self._listing = None
+            if self._again and self.running:
+                self._again = False
+                self.refresh()
 
         return d.addCallback(finished)
+
+    def changed(self) -> None:
+        """containerd said a task or container changed: list now, and once
+        more when the CRI has caught up with it."""
+        if self.running:
+            self.refresh()
+            self.reactor.callLater(SETTLE, self.refresh)
 
     def _list(self, old: Snapshot) -> Snapshot:
         runtime = old.runtime or self.client.runtime_name()
@@ -304,3 +330,56 @@ class CRIRuntime(Service):
     def _running(self, container_id: str) -> bool:
         now = self._snapshot.containers.get(container_id)
         return now is not None and now.state is State.RUNNING
+
+
+class _EventWatch:
+    """containerd's event stream, followed in a thread of its own (one
+    subscription blocks for as long as it lasts), telling the runtime of
+    each change.  A runtime that goes away is subscribed to again, with a
+    growing pause; one without the service is listed on the interval alone."""
+
+    def __init__(self, runtime: CRIRuntime) -> None:
+        self.runtime = runtime
+        self._stopped = threading.Event()
+        self._events: Events | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._follow, name="podshell-cri-events", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            if self._events is not None:
+                self._events.cancel()
+
+    def _follow(self) -> None:
+        runtime, reactor = self.runtime, self.runtime.reactor
+        pause = RETRY[0]
+        while not self._stopped.is_set():
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._events = runtime.client.events()
+            try:
+                for topic in self._events:
+                    pause = RETRY[0]
+                    if topic.startswith(CHANGES):
+                        reactor.callFromThread(runtime.changed)
+            except RpcError as e:
+                code = e.code() if isinstance(e, grpc.Call) else None
+                if code is grpc.StatusCode.CANCELLED:
+                    return
+                if code is grpc.StatusCode.UNIMPLEMENTED:
+                    reactor.callFromThread(
+                        log.info,
+                        "the container runtime at {endpoint} has no event stream: listing every {interval}s",
+                        endpoint=runtime.endpoint,
+                        interval=runtime.interval,
+                    )
+                    return
+            self._stopped.wait(pause)
+            pause = min(pause * 2, RETRY[1])
