@@ -538,7 +538,7 @@ async def test_input_before_the_runtime_answers_is_kept_and_detach_is_quiet(cri_
     await wait_for(lambda: b"got:early\n" in sink.out, timeout=5, what="the echo")
     await wait_for(lambda: bytes(sink.err) == b"err:early\n", timeout=5, what="its stderr")
     assert attached.bytes_in == 6
-    attached.closeStdin()  # v4 cannot half-close: the stdin stays open, the output keeps coming
+    attached.closeStdin()  # not stdinOnce: the container's stdin stays open for the next one
     attached.hangup()
     await wait_for(lambda: sink.done.called, timeout=5, what="the end of the attachment")
     assert bytes(sink.err) == b"err:early\n"  # detached: nothing to say
@@ -548,6 +548,20 @@ async def test_input_before_the_runtime_answers_is_kept_and_detach_is_quiet(cri_
     await wait_for(lambda: again.out == b"got:again\n", timeout=5, what="the second attachment's echo")
     assert sink.out == b"got:early\n"  # the first one is gone
     second.hangup()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_stdin_closes_a_stdin_once_containers_stdin(cri_runtime, kubelet):
+    """Over SPDY, closing stdin ends the stdin stream, and the runtime closes
+    a stdinOnce container's stdin: its wc sees EOF, counts, and exits."""
+    spec = ContainerSpec("count", command=["/bin/busybox", "wc", "-c"], stdin=True, stdin_once=True)
+    _, sink, attached = await attach_to(cri_runtime, kubelet, "once", spec)
+    data = random.Random(7).randbytes(3 * 65536 + 7)
+    attached.write(data)
+    attached.closeStdin()
+    status = await sink.done
+    assert (sink.out.strip(), status) == (str(len(data)).encode(), ExitStatus(code=0))
+    assert sink.err == b""
 
 
 @pytest_twisted.ensureDeferred

@@ -25,12 +25,25 @@ from podshell.core.addresses import set_keepalive, set_no_delay
 from podshell.core.contracts import Sink
 from podshell.core.flow import Pausable
 from podshell.core.process import ExitStatus, WindowSize, signal_name, signal_number
+from podshell.core.transports import StreamTransport
 from podshell.kube.websocket import MessageApp, WebSocketEndpoint
 from podshell.protocols import channels
 from podshell.protocols import remotecommand as rc
 
 LOST = 255  # the exit status of a command whose stream went away, as ssh reports a lost connection
 MAX_REJECTION = 64 * 1024
+
+
+class ChannelStream(TypingProtocol):
+    """What a channel stream's app sends on: a WebSocket endpoint, or the
+    streams of a SPDY connection (L{podshell.kube.spdyclient})."""
+
+    @property
+    def tcp(self) -> StreamTransport: ...
+
+    def send(self, message: bytes) -> None: ...
+
+    def close(self, code: int = 1000) -> None: ...
 
 
 class ClientApp(MessageApp, TypingProtocol):
@@ -136,7 +149,7 @@ class ChannelProcess:
         self.status: ExitStatus | None = None
         self.bytes_in = 0
         self.bytes_out = 0
-        self.ws: WebSocketEndpoint | None = None
+        self.ws: ChannelStream | None = None
         self._pending: list[bytes] = []  # messages before the stream opened
         self._producer: Pausable | None = None
         self._paused = False
@@ -145,7 +158,7 @@ class ChannelProcess:
         self.gone = False  # hung up: a stream that opens after that is closed at once
 
     # MessageApp
-    def opened(self, ws: WebSocketEndpoint) -> None:
+    def opened(self, ws: ChannelStream) -> None:
         self.ws = ws
         if self.gone:
             ws.close(1000)

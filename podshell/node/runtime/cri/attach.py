@@ -2,26 +2,24 @@
 stderr (one stream with a terminal) and, if the kubelet made the container
 with C{stdin: true}, its stdin.  Those belong to the runtime, so the way in
 is the CRI's C{Attach}: a one-shot URL on the runtime's streaming server,
-which we dial as a WebSocket client with C{v4.channel.k8s.io}, the protocol
-containerd 1.6's server speaks (it vendors the kubelet's streaming
-package).  The channel stream is the one a gateway uses to reach a node
-agent (L{podshell.kube.wsclient.ChannelProcess}); only what v4 and the
-runtime cannot carry differs here:
+which we dial as a kubelet does, SPDY/3.1 with C{v4.channel.k8s.io}
+(L{podshell.kube.spdyclient}; over WebSocket, v4 could not close stdin).
+What arrives is handled as any channel stream's
+(L{podshell.kube.wsclient.ChannelProcess}); only what the runtime does
+differently is here:
 
- - B{closing stdin}: v4 has no half-close (v5's close message is newer
-   than containerd 1.6).  closeStdin sends nothing: the container's stdin
-   stays open and its output keeps coming, as for any attachment that
-   stops typing.  A C{stdinOnce} container's stdin is closed by the
-   runtime when the attachment goes (kubectl's semantics: "until the
-   client disconnects").
- - B{detaching} (the client goes away): the stream is closed and the
+ - B{closing stdin} ends the stdin stream: a C{stdinOnce} container's
+   stdin is closed then (kubectl's semantics), another's stays open for
+   the next attachment, as in Kubernetes.
+ - B{detaching} (the client goes away): the connection is closed and the
    runtime drops this attachment; the container runs on.
  - B{no stdin} (C{stdin: false}): the runtime takes the attachment and
    discards input (containerd 1.6 answers with no error, nor do a kubelet
    and the API server), as the local runtime does; we do not send it, nor
    count it as delivered, and say so once in the node's log.
  - B{a terminal}: the attachment asks for one exactly when the container
-   has one (the runtime refuses stderr with a tty); resizes go on channel 4.
+   has one (the runtime refuses stderr with a tty); resizes go on the
+   resize stream.
  - B{signals}: the attach protocol has none; we signal the container's
    main process by pidfd, checked to still be the one the handle names.
 """
@@ -38,10 +36,11 @@ from twisted.python.failure import Failure
 
 from podshell.core.contracts import Sink
 from podshell.core.process import signal_number
-from podshell.kube.wsclient import ChannelProcess, ClientWebSocket
+from podshell.kube.spdy import StreamType
+from podshell.kube.spdyclient import ClientSpdy
+from podshell.kube.wsclient import ChannelProcess
 from podshell.node.nsexec import start_time
 from podshell.node.runtime.base import ContainerHandle, ContainerNotRunning
-from podshell.protocols import remotecommand as rc
 
 log = Logger()
 CONNECT_TIMEOUT = 5.0
@@ -68,14 +67,15 @@ class RuntimeAttachment(ChannelProcess):
             self.failed(f"cannot attach to {self.handle.path}: {why}")
             return
         target = where.path + (f"?{where.query}" if where.query else "")
-        ws = ClientWebSocket(self.reactor, where.netloc, target, rc.V4, [], self, peer=PEER)
-        ws.why_lost = lambda reason: f"{PEER} at {where.netloc} closed before answering: {reason.getErrorMessage()}"
+        wanted = [StreamType.STDIN] if self.stdin else []
+        wanted += [StreamType.STDOUT, StreamType.RESIZE if self.tty else StreamType.STDERR]
+        stream = ClientSpdy(where.netloc, target, wanted, self, peer=f"{PEER} at {where.netloc}")
 
         def unreachable(failure: Failure) -> None:
-            ws.fail(f"cannot reach {PEER} at {where.netloc}: {failure.getErrorMessage()}")
+            stream.fail(f"cannot reach {PEER} at {where.netloc}: {failure.getErrorMessage()}")
 
         endpoint = HostnameEndpoint(self.reactor, where.hostname, where.port, timeout=CONNECT_TIMEOUT)
-        connectProtocol(endpoint, ws).addErrback(unreachable)
+        connectProtocol(endpoint, stream).addErrback(unreachable)
 
     def write(self, data: bytes) -> None:
         if self.stdin:
@@ -84,9 +84,6 @@ class RuntimeAttachment(ChannelProcess):
             self._said_no_stdin = True
             path = self.handle.path
             log.info("attach to {path}: the container has no stdin (stdin: false): input dropped", path=path)
-
-    def closeStdin(self) -> None:
-        """Nothing to send: v4 cannot half-close (see the module's doc)."""
 
     def signal(self, sig: str | int) -> None:
         """Signal the container's main process, as a terminal's ^C would.
