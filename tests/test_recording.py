@@ -11,6 +11,9 @@ import os
 import stat
 
 import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 
 from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
@@ -222,6 +225,51 @@ def test_off_records_nothing(world):
     _, cluster, audit, _, tmp_path = world
     cluster.process(grant(audit, RecordMode.OFF), ProcessRequest(("sh",), tty=True), Screen())
     assert not (tmp_path / "rec").exists()
+
+
+class Client(Protocol):
+    """The front door's end of a forwarded connection."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def test_a_port_forward_records_each_connection_and_its_bytes(world):
+    node, cluster, audit, _, tmp_path = world
+    node.pods_here[0].listening.add(8080)
+    g = grant(audit, RecordMode.REQUIRED)
+    for sent, answer in [(b"GET /", b"200 OK, hello"), (b"x" * 10, b"")]:
+        protocol = cluster.connect(g, 8080, Factory.forProtocol(Client), "localhost").result
+        protocol.transport.write(sent)
+        protocol.dataReceived(answer)
+        assert node.sockets[-1][1].value() == sent and protocol.received == answer
+        protocol.connectionLost(Failure(ConnectionDone()))
+    g.session.end("closed")
+    path = tmp_path / "rec" / f"{g.session.id}.cast"
+    head, events = read_events(path.read_bytes().splitlines())
+    assert (head["podshell"]["kind"], head["podshell"]["command"]) == ("forward", ["localhost:8080"])
+    assert [(c, d) for _, c, d in events] == [
+        ("c", "1 localhost:8080"),
+        ("d", "1 5 13"),
+        ("c", "2 localhost:8080"),
+        ("d", "2 10 0"),
+    ]
+    assert verify(path.read_bytes(), (tmp_path / "rec" / f"{g.session.id}.cast.chain").read_bytes()).complete
+    assert audit_lines(tmp_path)[-1]["recording_sha256"]
+
+
+def test_a_required_forward_is_refused_when_it_cannot_be_recorded(world):
+    node, cluster, audit, _, tmp_path = world
+    node.pods_here[0].listening.add(8080)
+    (tmp_path / "rec").write_text("not a directory")
+    d = cluster.connect(grant(audit, RecordMode.REQUIRED), 8080, Factory.forProtocol(Client), "localhost")
+    with pytest.raises(RecordingFailed):
+        d.result.raiseException()
+    d.addErrback(lambda f: None)
+    assert node.sockets == []
 
 
 def test_the_strictest_allowing_rule_decides(tmp_path):

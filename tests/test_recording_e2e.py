@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pty
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import pytest
 
 from podshell.protocols.asciicast import data_bytes, read_events
 
-from .conftest import needs_root, pod
-from .sshserver import Client, PodshellServer, keygen
-from .support.waiting import wait_until
+from .conftest import PYTHON, needs_root, pod
+from .podserver import SINK_PORT
+from .sshserver import PODSERVER, Client, PodshellServer, free_port, keygen, wait_port
+from .support.sink import upload
+from .support.waiting import listens_argv, wait_until
 
 pytestmark = needs_root
 PODSHELL = shutil.which("podshell", path=str(Path(sys.executable).parent))
@@ -29,12 +32,15 @@ PODSHELL = shutil.which("podshell", path=str(Path(sys.executable).parent))
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("recording")
     key = keygen(root / "id_alice")
-    pods = [pod("web-0", {"name": "app", "command": ["sleep", "3600"]}, namespace="team-a")]
+    pods = [pod("web-0", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a")]
     users = [{"name": "alice", "ssh_keys": [key]}]
     policy = [{"subjects": ["user:alice"], "verbs": ["*"], "namespaces": ["team-a"], "record": "required"}]
     srv = PodshellServer(root, pods, users, policy)
     try:
         srv.wait_ready(containers=1)
+        probe = Client(srv, root / "id_alice")
+        listening = shlex.join(listens_argv(PYTHON, SINK_PORT))
+        wait_until(lambda: probe.ssh("team-a.web-0.app", listening).returncode == 0, 15, "the pod's servers to listen")
         yield srv
     finally:
         srv.stop()
@@ -152,3 +158,28 @@ def test_required_with_an_unwritable_directory_refuses_the_session(server, alice
     assert r.returncode == 1 and b"should-not-run" not in r.stdout
     assert r.stderr.startswith(b"podshell: this session must be recorded, and cannot be: ")
     assert r.stderr.count(b"\n") == 1
+
+
+def test_a_port_forward_records_each_connection_with_its_bytes(server, alice):
+    local = free_port()
+    client = alice.background(
+        "team-a.web-0", "-N", "-o", "ExitOnForwardFailure=yes", "-L", f"{local}:localhost:{SINK_PORT}"
+    )
+    try:
+        wait_port(local)
+        data = os.urandom(300_000)
+        answer = upload(local, data)  # the pod's sink answers after our half-close
+        assert answer.split()[0] == b"300000"
+    finally:
+        client.kill()
+        client.wait(10)
+    command = [f"-L localhost:{SINK_PORT}"]
+    wait_until(lambda: ended(server, command), 20, "the forward's session to end with its recording")
+    end = ended(server, command)
+    assert end is not None
+    head, events = read_events((recordings(server) / f"{end['id']}.cast").read_bytes().splitlines())
+    assert head["podshell"]["kind"] == "forward"
+    assert [(c, d) for _, c, d in events] == [
+        ("c", f"1 localhost:{SINK_PORT}"),
+        ("d", f"1 300000 {len(answer)}"),
+    ]

@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,15 +65,21 @@ class AuditedSession:
     _t0: float = field(default_factory=time.monotonic)
     _ended: bool = False
     _notes: dict[str, Any] = field(default_factory=dict)
+    _ending: list[Callable[[], None]] = field(default_factory=list)
 
     def note(self, **fields: Any) -> None:
         self._notes.update(fields)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        self._ending.append(callback)
 
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Record how the session ended (once; later calls are ignored)."""
         if self._ended:
             return
         self._ended = True
+        for callback in self._ending:
+            callback()
         self.log.write(
             "session.end",
             id=self.id,

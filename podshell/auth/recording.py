@@ -22,10 +22,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from podshell.auth.audit import AuditLog
 from podshell.core.contracts import Grant, Process, ProcessRequest, RecordMode, Sink
@@ -149,6 +161,7 @@ class Recorder:
         self.directory = directory
         self.audit = audit
         self.recording: dict[str, Recording] = {}  # by id: open now, never pruned
+        self.forwards: dict[str, Forward] = {}  # by session id
 
     def process(self, grant: Grant, request: ProcessRequest | None, sink: Sink, start: Start) -> Process:
         """C{start} the process (None: an attachment), recorded as C{grant} says.
@@ -171,7 +184,58 @@ class Recorder:
         terminal = request is not None and request.tty
         return RecordedProcess(process, recording, tee, record_input=grant.record_input or not terminal)
 
-    def _open(self, grant: Grant, request: ProcessRequest | None, failed: Callable[[str], None]) -> Recording | None:
+    def connect(
+        self, grant: Grant, address: str, factory: IProtocolFactory, connect: Callable[[IProtocolFactory], Deferred]
+    ) -> Deferred[IProtocol]:
+        """A connection into the pod (-L, kubectl port-forward), its open and close recorded."""
+        try:
+            forward = self._forward(grant, address)
+        except RecordingFailed:
+            return fail(Failure())
+        return connect(factory if forward is None else CountingFactory(factory, forward, address))
+
+    def listen(
+        self, grant: Grant, address: str, factory: IProtocolFactory, listen: Callable[[IProtocolFactory], Deferred]
+    ) -> Deferred[IListeningPort]:
+        """A listener in the pod (-R): each connection to it recorded."""
+        try:
+            forward = self._forward(grant, address)
+        except RecordingFailed:
+            return fail(Failure())
+        return listen(factory if forward is None else CountingFactory(factory, forward, f"to {address}"))
+
+    def _forward(self, grant: Grant, address: str) -> Forward | None:
+        """The session's forward recording (one for all its connections),
+        closed when the session ends.  @raise RecordingFailed."""
+        if grant.record is RecordMode.OFF:
+            return None
+        opened = self.forwards.get(grant.session.id)
+        if opened is not None:
+            return opened
+        def failed(reason: str) -> None:
+            """Later connections need a new recording (required: refused)."""
+            self.forwards.pop(grant.session.id, None)
+
+        recording = self._open(grant, None, failed, Kind.FORWARD, [address])
+        if recording is None:
+            return None
+        forward = self.forwards[grant.session.id] = Forward(recording)
+
+        def ended() -> None:
+            self.forwards.pop(grant.session.id, None)
+            self._closed(grant, recording)
+
+        grant.session.on_end(ended)
+        return forward
+
+    def _open(
+        self,
+        grant: Grant,
+        request: ProcessRequest | None,
+        failed: Callable[[str], None],
+        kind: Kind | None = None,
+        command: list[str] | None = None,
+    ) -> Recording | None:
         session = grant.session
         terminal = request is not None and request.tty
         size = (request.size if request is not None else None) or WindowSize(24, 80)
@@ -182,14 +246,14 @@ class Recorder:
             "from": session.request.peer,
             "target": grant.handle.path,
             "node": grant.handle.node,
-            "command": list(request.argv) if request is not None else None,
+            "command": list(request.argv) if request is not None else command,
             "mode": grant.record.value,
             "input": grant.record_input or not terminal,
         }
         if grant.run_as is not None:
             fields["run_as"] = grant.run_as
         term = request.env.get("TERM") if request is not None else None
-        kind = Kind.TERMINAL if terminal else Kind.EXEC
+        kind = kind or (Kind.TERMINAL if terminal else Kind.EXEC)
         head = header(kind, size.cols, size.rows, time.time(), term, fields)
         path = self.directory / f"{session.id}{SUFFIX}"
         try:
@@ -329,6 +393,86 @@ class RecordedProcess:
         self.process.stopProducing()
 
 
+@dataclass
+class Forward:
+    """A port-forward session's recording and how many connections it had."""
+
+    recording: Recording
+    connections: int = 0
+
+
+class CountingFactory(Factory):
+    """Builds the front door's protocols, each counted and recorded."""
+
+    def __init__(self, factory: IProtocolFactory, forward: Forward, address: str) -> None:
+        self.factory = factory
+        self.forward = forward
+        self.address = address
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:  # type: ignore[override]
+        inner = self.factory.buildProtocol(addr)
+        if inner is None:
+            return None
+        self.forward.connections += 1
+        return cast(IProtocol, CountingProtocol(inner, self.forward, self.forward.connections, self.address))
+
+
+class CountingProtocol:
+    """A connection's protocol as it is, but for the bytes it is sent (out of
+    the pod) and writes (into it), and its open and close in the recording.
+    It provides what the protocol does (half-close too) by passing it on."""
+
+    def __init__(self, inner: IProtocol, forward: Forward, number: int, address: str) -> None:
+        directlyProvides(self, providedBy(inner))
+        self._inner = inner
+        self._recording = forward.recording
+        self._number = number
+        self._address = address
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def makeConnection(self, transport: Any) -> None:
+        self._recording.event(Code.OPENED, f"{self._number} {self._address}")
+        self._inner.makeConnection(cast(ITransport, CountingTransport(transport, self)))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self._inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._recording.event(Code.CLOSED, f"{self._number} {self.bytes_in} {self.bytes_out}")
+        self._inner.connectionLost(reason)
+
+
+class CountingTransport:
+    """The pod connection's transport, counting what is written into the pod."""
+
+    def __init__(self, transport: Any, counts: CountingProtocol) -> None:
+        directlyProvides(self, providedBy(transport))
+        self._transport = transport
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes) -> None:
+        self._counts.bytes_in += len(data)
+        self._transport.write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self._counts.bytes_in += sum(map(len, data))
+        self._transport.writeSequence(data)
+
+
 @dataclass(frozen=True)
 class Retention:
     max_age: float | None  # seconds
@@ -342,25 +486,25 @@ def prune(directory: Path, retention: Retention, now: float, busy: set[str]) -> 
         return []
     found = []
     total = 0
-    for cast in directory.glob(f"*{SUFFIX}"):
-        rid = cast.name.removesuffix(SUFFIX)
-        chain = Path(str(cast) + CHAIN_SUFFIX)
+    for path in directory.glob(f"*{SUFFIX}"):
+        rid = path.name.removesuffix(SUFFIX)
+        chain = Path(str(path) + CHAIN_SUFFIX)
         try:
-            stat = cast.stat()
+            stat = path.stat()
             size = stat.st_size + (chain.stat().st_size if chain.exists() else 0)
         except FileNotFoundError:
             continue
         total += size
         if rid not in busy:
-            found.append((stat.st_mtime, rid, size, cast, chain))
+            found.append((stat.st_mtime, rid, size, path, chain))
     found.sort()
     removed = []
-    for mtime, rid, size, cast, chain in found:
+    for mtime, rid, size, path, chain in found:
         old = retention.max_age is not None and now - mtime > retention.max_age
         big = retention.max_bytes is not None and total > retention.max_bytes
         if not (old or big):
             continue
-        cast.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         chain.unlink(missing_ok=True)
         total -= size
         removed.append(rid)

@@ -88,6 +88,9 @@ class Session(Protocol):
     def note(self, **fields: Any) -> None:
         """More for the session's end record (its recording's digest)."""
 
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call C{callback} as the session ends, before its end is recorded."""
+
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None: ...
 
 

@@ -83,9 +83,15 @@ class Cluster:
     def connect(
         self, grant: Grant, port: int, factory: IProtocolFactory, host: str = "localhost"
     ) -> Deferred[IProtocol]:
-        return self.node(grant).connect(grant, port, factory, host)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.connect(grant, port, factory, host)
+        return self.recorder.connect(grant, f"{host}:{port}", factory, lambda f: node.connect(grant, port, f, host))
 
     def listen(
         self, grant: Grant, port: int, factory: IProtocolFactory, host: str = "127.0.0.1"
     ) -> Deferred[IListeningPort]:
-        return self.node(grant).listen(grant, port, factory, host)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.listen(grant, port, factory, host)
+        return self.recorder.listen(grant, f"{host}:{port}", factory, lambda f: node.listen(grant, port, f, host))

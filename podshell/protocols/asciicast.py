@@ -8,6 +8,9 @@ target, the command, the audit session id, the kind) are in the header's
 C{podshell} object, which asciicast readers ignore.  A command without a
 terminal is recorded the same way with more codes: C{"o"} stdout, C{"e"}
 stderr, C{"i"} stdin and C{"x"} the exit status; players show its stdout.
+A port forward's recording has one C{"c"} event per connection opened
+(C{"N ADDRESS"}) and one C{"d"} when it closes (C{"N IN OUT"}: bytes into
+the pod and out of it).
 
 The chain cannot go in the event lines (a player reads exactly three
 fields), so it is a sidecar, C{ID.cast.chain}: line I{n} is the hex SHA-256
@@ -36,6 +39,7 @@ CHAIN_SUFFIX = ".chain"
 class Kind(StrEnum):
     TERMINAL = "terminal"
     EXEC = "exec"
+    FORWARD = "forward"  # a port forward's connections
 
 
 class Code(StrEnum):
@@ -44,6 +48,8 @@ class Code(StrEnum):
     RESIZE = "r"
     STDERR = "e"
     EXIT = "x"
+    OPENED = "c"  # a forwarded connection: "N ADDRESS"
+    CLOSED = "d"  # its end: "N IN OUT", bytes into the pod and out of it
 
 
 def header(kind: Kind, width: int, height: int, timestamp: float, term: str | None, fields: dict[str, Any]) -> dict:
