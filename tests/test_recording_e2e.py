@@ -15,16 +15,21 @@ import termios
 from pathlib import Path
 
 import pytest
+import yaml
 
+from podshell.core import kubeconfig
 from podshell.protocols.asciicast import data_bytes, read_events
 
 from .conftest import PYTHON, needs_root, pod
 from .podserver import SINK_PORT
 from .sshserver import PODSERVER, Client, PodshellServer, free_port, keygen, wait_port
+from .support.kubectl import kubectl_binary
 from .support.sink import upload
+from .support.terminal import Terminal
 from .support.waiting import listens_argv, wait_until
 
 pytestmark = needs_root
+TOKEN = "alice-token-0123456789abcdef"
 PODSHELL = shutil.which("podshell", path=str(Path(sys.executable).parent))
 
 
@@ -33,9 +38,9 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("recording")
     key = keygen(root / "id_alice")
     pods = [pod("web-0", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a")]
-    users = [{"name": "alice", "ssh_keys": [key]}]
+    users = [{"name": "alice", "ssh_keys": [key], "tokens": [TOKEN]}]
     policy = [{"subjects": ["user:alice"], "verbs": ["*"], "namespaces": ["team-a"], "record": "required"}]
-    srv = PodshellServer(root, pods, users, policy)
+    srv = PodshellServer(root, pods, users, policy, api=f"ssl:{free_port()}:interface=127.0.0.1")
     try:
         srv.wait_ready(containers=1)
         probe = Client(srv, root / "id_alice")
@@ -183,3 +188,52 @@ def test_a_port_forward_records_each_connection_with_its_bytes(server, alice):
         ("c", f"1 localhost:{SINK_PORT}"),
         ("d", f"1 300000 {len(answer)}"),
     ]
+
+
+def api_url(server) -> str:
+    return yaml.safe_load((server.root / "podshell.yaml").read_text())["api"]["listen"].split(":")[1]
+
+
+def terminal_output(argv: list[str], expected: bytes) -> tuple[bytes, int]:
+    """All a terminal client wrote to its terminal, and its exit code."""
+    term = Terminal(argv, 24, 80)
+    term.expect(expected)
+    code = term.proc.wait(30)
+    while True:
+        try:
+            chunk = os.read(term.master, 65536)
+        except OSError:  # EIO: the client and its terminal are gone
+            break
+        if not chunk:
+            break
+        term.seen += chunk
+    os.close(term.master)
+    return term.seen, code
+
+
+COMMAND = "printf 'caf\\303\\251 %s\\n' $((6*7))"  # exit 0: kubectl adds a line of its own for others
+
+
+@pytest.mark.parametrize("client", ["podshell exec -t", "kubectl exec -it"])
+def test_a_terminal_exec_is_recorded_as_its_client_showed_it(server, tmp_path, client):
+    port = api_url(server)
+    ca = server.root / "state" / "ca.crt"
+    if client.startswith("podshell"):
+        assert PODSHELL, "the podshell console script is installed next to the interpreter"
+        connection = ["--server", f"https://127.0.0.1:{port}", "--token", TOKEN, "--certificate-authority", str(ca)]
+        argv = ["env", f"HOME={tmp_path}", PODSHELL, "exec", "-t", *connection, "team-a/web-0", "--"]
+    else:
+        config = tmp_path / "kubeconfig"
+        kubeconfig.write(config, kubeconfig.render(f"https://127.0.0.1:{port}", "alice", TOKEN, ca.read_bytes()))
+        argv = ["env", f"KUBECONFIG={config}", kubectl_binary(None), "exec", "-it", "-n", "team-a", "web-0", "--"]
+    command = ["sh", "-c", COMMAND, client.split()[0]]  # $0: each case's own session in the audit log
+    seen, code = terminal_output([*argv, *command], b"caf\xc3\xa9 42")
+    assert code == 0
+    wait_until(lambda: ended(server, command), 20, "the exec's end and its recording's")
+    end = ended(server, command)
+    assert end is not None
+    cast = recordings(server) / f"{end['id']}.cast"
+    head, events = read_events(cast.read_bytes().splitlines())
+    assert head["podshell"]["kind"] == "terminal"
+    assert b"".join(data_bytes(d) for _, c, d in events if c == "o") == seen
+    assert asciinema_cat(cast).stdout == seen

@@ -212,6 +212,7 @@ class Recorder:
         opened = self.forwards.get(grant.session.id)
         if opened is not None:
             return opened
+
         def failed(reason: str) -> None:
             """Later connections need a new recording (required: refused)."""
             self.forwards.pop(grant.session.id, None)
