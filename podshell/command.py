@@ -26,7 +26,79 @@ def _admin(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _recordings(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from podshell.server import recordings
+
+        try:
+            return int(getattr(recordings, name)(args))
+        except (recordings.RecordingsError, OSError) as e:
+            raise CLIError(str(e)) from None
+
+    return run
+
+
+def recordings_commands(commands: Any) -> None:
+    recordings = commands.add_parser(
+        "recordings", help="the session recordings a server wrote (on the server's machine)",
+        description="The session recordings a server wrote (policy rules with record:). An operator's tool: it "
+        "reads the recording directory on this machine, like podshell config check; it talks to no server. "
+        "The directory is --dir, or the one --config's recordings.dir names, or the embedded default's.",
+        epilog="examples:\n  podshell recordings list --user alice --since 1d\n"
+        "  podshell recordings play 3f2a --speed 2\n  podshell recordings export 3f2a > session.cast\n"
+        "  podshell recordings verify 3f2a",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", help="the recording directory")
+    where.add_argument("--config", help="the server configuration whose recordings.dir to read")
+    sub = recordings.add_subparsers(dest="recordings_command", metavar="COMMAND", required=True)
+    listing = sub.add_parser(
+        "list",
+        parents=[where],
+        help="list recordings: id, start, user, target, kind, command",
+        epilog="examples:\n  podshell recordings list --since 7d\n"
+        "  podshell recordings list --user alice --pod 'web-*'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument("--user", help="only this user's")
+    listing.add_argument("--pod", help="only of pods matching this glob (POD or NS/POD/CONTAINER)")
+    listing.add_argument("--since", help="only those started since: a duration (2h, 7d) or a date (2026-12-01)")
+    listing.set_defaults(run=_recordings("run_list"))
+    play = sub.add_parser(
+        "play",
+        parents=[where],
+        help="play a recording in this terminal, in its time",
+        epilog="examples:\n  podshell recordings play 3f2a\n"
+        "  podshell recordings play 3f2a --speed 4 --dir /var/lib/podshell/recordings",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    play.add_argument("id", help="the recording's id (its audit session id; a unique prefix will do)")
+    play.add_argument("--speed", type=float, default=1.0, help="how many times faster (default: 1)")
+    play.set_defaults(run=_recordings("run_play"))
+    export = sub.add_parser(
+        "export",
+        parents=[where],
+        help="write a recording as asciicast v2 to stdout",
+        epilog="examples:\n  podshell recordings export 3f2a > session.cast && asciinema play session.cast",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("id", help="the recording's id (a unique prefix will do)")
+    export.set_defaults(run=_recordings("run_export"))
+    check = sub.add_parser(
+        "verify",
+        parents=[where],
+        help="check a recording against its hash chain",
+        epilog="examples:\n  podshell recordings verify 3f2a\n"
+        "  podshell recordings verify 3f2a --config /etc/podshell/podshell.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("id", help="the recording's id (a unique prefix will do)")
+    check.set_defaults(run=_recordings("run_verify"))
+
+
 def server_commands(commands: Any) -> None:
+    recordings_commands(commands)
     config = commands.add_parser(
         "config", help="work with server configuration files",
         description="Work with server configuration files.",

@@ -1,9 +1,10 @@
 #!/bin/sh
 # System packages the integration tests drive for real: OpenSSH's sftp-server
 # (what podshell's own SFTP server is measured against), rsync, a real container
-# runtime (containerd, runc, the CNI plugins), and Prometheus (it scrapes the
+# runtime (containerd, runc, the CNI plugins), Prometheus (it scrapes the
 # metrics listener in tests/test_metrics_prometheus.py; the test starts its own,
-# the package's service stays stopped). Installed only when missing.
+# the package's service stays stopped), asciinema and tmux (session recordings).
+# Installed only when missing.
 set -e
 missing=""
 [ -x /usr/lib/openssh/sftp-server ] || missing="$missing openssh-sftp-server"
@@ -13,6 +14,9 @@ command -v containerd >/dev/null 2>&1 || missing="$missing containerd"
 [ -x /usr/sbin/runc ] || missing="$missing runc"
 [ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
 command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+# asciinema: its player reads podshell's recordings in tests/test_recording_e2e.py.
+command -v asciinema >/dev/null 2>&1 || missing="$missing asciinema"
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 if [ -n "$missing" ]; then
     echo "installing:$missing"
     apt-get update -qq

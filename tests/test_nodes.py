@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from podshell.protocols.asciicast import read_events
+
 from .conftest import PYTHON, needs_root
 from .podserver import pattern
 from .support.cluster import NODE_PORT, PODS, Cluster, wait_log
@@ -216,3 +218,15 @@ def test_losing_a_node_ends_its_sessions_and_spares_the_others(cluster):
         return (r.returncode, r.stdout) == (0, b"beta\n")
 
     wait_until(back, 10, "ssh to reach team-a/beta again")
+
+
+def test_a_session_through_the_gateway_is_recorded_once_at_the_gateway(cluster):
+    r = cluster.ssh.ssh("team-a.beta.app+nobody", "echo out; echo err >&2; exit 5")
+    assert (r.returncode, r.stdout, r.stderr) == (5, b"out\n", b"err\n")
+    ends = [e for e in cluster.audit("gw") if e["event"] == "session.end" and e.get("run_as") == "nobody"]
+    cast = cluster.root / "gw" / "state" / "recordings" / f"{ends[-1]['id']}.cast"
+    head, events = read_events(cast.read_bytes().splitlines())
+    assert (head["podshell"]["node"], head["podshell"]["session"]) == ("node-2", ends[-1]["id"])
+    assert [(c, d) for _, c, d in events] == [("o", "out\n"), ("e", "err\n"), ("x", "exit code 5")]
+    assert ends[-1]["recording_sha256"]
+    assert not (cluster.root / "node-2" / "state" / "recordings").exists()  # the node agent records nothing

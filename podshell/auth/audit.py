@@ -13,6 +13,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,12 +64,22 @@ class AuditedSession:
     start: str = field(default_factory=_now)
     _t0: float = field(default_factory=time.monotonic)
     _ended: bool = False
+    _notes: dict[str, Any] = field(default_factory=dict)
+    _ending: list[Callable[[], None]] = field(default_factory=list)
+
+    def note(self, **fields: Any) -> None:
+        self._notes.update(fields)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        self._ending.append(callback)
 
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Record how the session ended (once; later calls are ignored)."""
         if self._ended:
             return
         self._ended = True
+        for callback in self._ending:
+            callback()
         self.log.write(
             "session.end",
             id=self.id,
@@ -79,6 +90,7 @@ class AuditedSession:
             status=status,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
+            **self._notes,
         )
         if self.log.metrics is not None:
             self.log.metrics.session_ended(self.request.via, self.request.verb, status, bytes_in, bytes_out)
@@ -101,10 +113,12 @@ class AuditLog:
         if self.metrics is not None:
             self.metrics.denied(request.via, request.verb, kind)
 
-    def session(self, request: Request, asked: float | None = None) -> AuditedSession:
-        """@param asked: C{time.monotonic()} when the request reached the gate."""
+    def session(self, request: Request, asked: float | None = None, recorded: bool = False) -> AuditedSession:
+        """@param asked: C{time.monotonic()} when the request reached the gate.
+        @param recorded: the session is recorded, under its own id."""
         session = AuditedSession(self, request)
-        self.write("session.start", id=session.id, **request.fields(), start=session.start)
+        named = {"recording": session.id} if recorded else {}
+        self.write("session.start", id=session.id, **request.fields(), start=session.start, **named)
         if self.metrics is not None:
             waited = time.monotonic() - asked if asked is not None else None
             self.metrics.session_started(request.via, request.verb, waited)

@@ -16,7 +16,7 @@ from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
 from podshell.auth.policy import VERBS, Access, Decision, Verb
 from podshell.core.addresses import ip_of
-from podshell.core.contracts import Grant, Placement
+from podshell.core.contracts import Grant, Placement, RecordMode
 from podshell.core.denial import DenialKind
 from podshell.core.target import (
     ContainerNotRunning,
@@ -147,7 +147,8 @@ class Gate:
         decision = self.policy.decide(access)
         if not decision:
             raise self._deny(request, decision.reason, self.policy.message(access))
-        return Grant(handle, self.audit.session(request, asked), run_as)
+        session = self.audit.session(request, asked, recorded=decision.record is not RecordMode.OFF)
+        return Grant(handle, session, run_as, decision.record, decision.record_input)
 
     def _explained(self, error: TargetError) -> str:
         """A pod not found may be on a node we cannot reach now: say so."""

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator
 
 from podshell.auth.identity import Identity
+from podshell.core.contracts import RecordMode
 from podshell.core.yamlfile import StrictModel
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -37,6 +38,9 @@ class Rule(StrictModel):
     # Container users (names from its /etc/passwd, or uids; globs) an exec
     # may run as instead of the container's own: none unless a rule says.
     run_as: list[str] | None = Field(default=None, min_length=1)
+    # Recording the sessions this rule allows (the strictest of the allowing rules wins).
+    record: RecordMode = RecordMode.OFF
+    record_input: bool = False  # a terminal's keystrokes too: typed passwords are in them
 
     @field_validator("subjects")
     @classmethod
@@ -89,9 +93,14 @@ class Access:
 class Decision:
     allowed: bool
     reason: str
+    record: RecordMode = RecordMode.OFF
+    record_input: bool = False
 
     def __bool__(self) -> bool:
         return self.allowed
+
+
+_STRICTNESS = [RecordMode.OFF, RecordMode.BEST_EFFORT, RecordMode.REQUIRED]
 
 
 def _any(patterns: Sequence[str], value: str) -> bool:
@@ -150,14 +159,17 @@ class Policy:
 
     def decide(self, access: Access) -> Decision:
         allowed_by = None
+        record, record_input = RecordMode.OFF, False
         for compiled in self._rules:
             if compiled.matches(access):
                 if compiled.rule.effect == "deny":
                     return Decision(False, f"denied by policy[{compiled.index}]")
                 allowed_by = allowed_by if allowed_by is not None else compiled.index
+                record = max(record, compiled.rule.record, key=_STRICTNESS.index)
+                record_input = record_input or compiled.rule.record_input
         if allowed_by is None:
             return Decision(False, "no policy rule allows it")
-        return Decision(True, f"allowed by policy[{allowed_by}]")
+        return Decision(True, f"allowed by policy[{allowed_by}]", record, record_input)
 
     def message(self, access: Access) -> str:
         """The line a denied user sees."""

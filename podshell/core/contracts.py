@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -79,9 +80,26 @@ class Session(Protocol):
     """An audited session (L{podshell.auth.audit.AuditedSession})."""
 
     @property
+    def id(self) -> str: ...
+
+    @property
     def request(self) -> Asked: ...
 
+    def note(self, **fields: Any) -> None:
+        """More for the session's end record (its recording's digest)."""
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call C{callback} as the session ends, before its end is recorded."""
+
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None: ...
+
+
+class RecordMode(StrEnum):
+    """Whether a policy rule records its sessions, and what a failure to record does."""
+
+    OFF = "off"
+    BEST_EFFORT = "best-effort"  # the session goes on; the failure is audited and counted
+    REQUIRED = "required"  # no recording, no session
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,8 @@ class Grant:
     handle: Placement
     session: Session
     run_as: str | None = None  # the container user the policy allowed, if not the container's own
+    record: RecordMode = RecordMode.OFF
+    record_input: bool = False  # a terminal's input too (typed passwords are in it)
 
 
 class Sink(Protocol):

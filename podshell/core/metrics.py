@@ -127,6 +127,12 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.recording_failures = Counter(
+            "podshell_recording_failures",
+            "Recordings that could not be opened or written, by the rule's mode (best-effort, required)",
+            ["mode"],
+            registry=r,
+        )
         self.session_start = Histogram(
             "podshell_session_start_seconds",
             "From a request at the gate to its session's start (name, policy, placement, audit)",
@@ -183,6 +189,9 @@ class Metrics:
 
     def ssh_limit_hit(self, limit: SSHLimit) -> None:
         self.ssh_limits.labels(limit).inc()
+
+    def recording_failed(self, mode: str) -> None:
+        self.recording_failures.labels(mode).inc()
 
     def pods_listed(self, node: str, seconds: float) -> None:
         self.node_list.labels(node).observe(seconds)

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
 
+from podshell.auth.recording import Recorder
 from podshell.core.contracts import Grant, Node, Placement, Process, ProcessRequest, Sink
 from podshell.core.target import NoSuchPod, TargetError
 
@@ -24,10 +25,12 @@ class PodConflict(TargetError):
 
 class Cluster:
     """Every node, as one runtime (for the gate) and one spawner (for the
-    front doors)."""
+    front doors).  With a L{Recorder} (a gateway's, or the embedded
+    server's; never a node agent's), sessions are recorded here: once."""
 
-    def __init__(self, nodes: Sequence[Node]) -> None:
+    def __init__(self, nodes: Sequence[Node], recorder: Recorder | None = None) -> None:
         self.nodes = {node.name: node for node in nodes}
+        self.recorder = recorder
 
     def _home(self, namespace: str, pod: str) -> tuple[Node, list[str]] | None:
         found = [(n, c) for n in self.nodes.values() if (c := n.container_names(namespace, pod)) is not None]
@@ -66,17 +69,29 @@ class Cluster:
         return self.nodes[grant.handle.node]
 
     def process(self, grant: Grant, request: ProcessRequest, sink: Sink) -> Process:
-        return self.node(grant).process(grant, request, sink)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.process(grant, request, sink)
+        return self.recorder.process(grant, request, sink, lambda tee: node.process(grant, request, tee))
 
     def attach(self, grant: Grant, sink: Sink) -> Process:
-        return self.node(grant).attach(grant, sink)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.attach(grant, sink)
+        return self.recorder.process(grant, None, sink, lambda tee: node.attach(grant, tee))
 
     def connect(
         self, grant: Grant, port: int, factory: IProtocolFactory, host: str = "localhost"
     ) -> Deferred[IProtocol]:
-        return self.node(grant).connect(grant, port, factory, host)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.connect(grant, port, factory, host)
+        return self.recorder.connect(grant, f"{host}:{port}", factory, lambda f: node.connect(grant, port, f, host))
 
     def listen(
         self, grant: Grant, port: int, factory: IProtocolFactory, host: str = "127.0.0.1"
     ) -> Deferred[IListeningPort]:
-        return self.node(grant).listen(grant, port, factory, host)
+        node = self.node(grant)
+        if self.recorder is None:
+            return node.listen(grant, port, factory, host)
+        return self.recorder.listen(grant, f"{host}:{port}", factory, lambda f: node.listen(grant, port, f, host))

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from podshell.auth.identity import NAME_PATTERN, User
 from podshell.auth.policy import VERBS, Rule
+from podshell.auth.recording import Retention
 from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
 from podshell.gateway.ssh.startups import MaxStartups
 from podshell.node.runtime.manifest import Backoff
@@ -117,6 +118,63 @@ class AuditConfig(StrictModel):
     path: str | None = None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def duration(text: str) -> float:
+    """C{30d}, C{12h}, C{90m}, C{45s}, C{2w} in seconds.  @raise ValueError."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 30d, 12h, 90m, 45s or 2w")
+    return int(number) * _UNITS[unit]
+
+
+def size(text: str) -> int:
+    """C{10G}, C{500M}, C{64K} or bytes.  @raise ValueError."""
+    number, unit = (text[:-1], text[-1:].upper()) if text[-1:].isalpha() else (text, "")
+    if unit not in _SIZES or not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{text!r} is not a size like 10G, 500M, 64K or a number of bytes")
+    return int(number) * _SIZES[unit]
+
+
+class RetentionConfig(StrictModel):
+    """How long and how much recordings are kept (null: no limit)."""
+
+    max_age: str | None = "30d"
+    max_bytes: str | None = "10G"
+
+    @field_validator("max_age")
+    @classmethod
+    def _age(cls, v: str | None) -> str | None:
+        if v is not None:
+            duration(v)
+        return v
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        if v is not None:
+            size(v)
+        return v
+
+    def limits(self) -> Retention:
+        return Retention(
+            None if self.max_age is None else duration(self.max_age),
+            None if self.max_bytes is None else size(self.max_bytes),
+        )
+
+
+class RecordingsConfig(StrictModel):
+    """Where the sessions the policy records go (a rule's C{record})."""
+
+    dir: str | None = Field(default=None, description="default: recordings in the state directory")
+    retention: RetentionConfig = RetentionConfig()
+
+    def directory(self, state_dir: Path) -> Path:
+        return resolve_path(state_dir, self.dir) if self.dir else state_dir / "recordings"
+
+
 class TLSFiles(StrictModel):
     """This server's identity in the cluster PKI (C{podshell ca issue})."""
 
@@ -174,6 +232,7 @@ class Config(StrictModel):
     policy: list[Rule] = []
     runtime: RuntimeConfig = RuntimeConfig()
     audit: AuditConfig = AuditConfig()
+    recordings: RecordingsConfig = RecordingsConfig()
     metrics: MetricsConfig | None = Field(default=None, description="absent: no metrics listener")
     tls: TLSFiles | None = None
     node: NodeAgent | None = None
@@ -188,7 +247,7 @@ class Config(StrictModel):
         if self.role == "node":
             if self.node is None:
                 raise ValueError("node: a node agent needs node: {name: ..., listen: ...}")
-            for door in ("ssh", "api", "users", "policy", "nodes"):
+            for door in ("ssh", "api", "users", "policy", "nodes", "recordings"):
                 if door in given:
                     raise ValueError(f"{door}: a node agent has no front doors; gateways hold {door}")
         elif "node" in given and self.role == "gateway":

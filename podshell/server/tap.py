@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Directory
 from podshell.auth.policy import VERBS, Policy
+from podshell.auth.recording import Recorder, prune
 from podshell.core import kubeconfig
 from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
@@ -354,7 +356,8 @@ def makeService(options: Options) -> MultiService:
             nodes.append(remote)
             remotes.append(remote)
         metrics.watch_nodes(lambda: [(r.name, r) for r in remotes])
-    cluster = Cluster(nodes)
+    recorder = None if config.role == "node" else _recorder(reactor, loaded, audit, top)
+    cluster = Cluster(nodes, recorder)
     listeners: list[Listening] = []
     if config.role == "node":
         agent = _node_agent(reactor, loaded, cluster, audit)
@@ -393,6 +396,27 @@ def makeService(options: Options) -> MultiService:
     if config.role != "node" and not loaded.directory.has_keys:
         _warn_about_keys(loaded)
     return top
+
+
+def _recorder(reactor, loaded: Loaded, audit: AuditLog, top: MultiService) -> Recorder:
+    """Where the policy's recordings go; retention applied now and every ten minutes."""
+    settings = loaded.config.recordings
+    directory = settings.directory(loaded.state_dir)
+    recorder = Recorder(reactor, directory, audit)
+    limits = settings.retention.limits()
+
+    def retain() -> None:
+        try:
+            removed = prune(directory, limits, time.time(), set(recorder.recording))
+        except OSError as e:
+            log.warn("recordings in {dir}: retention failed: {e}", dir=str(directory), e=e)
+            return
+        if removed:
+            log.info("recordings: removed {n} past retention", n=len(removed))
+
+    TimerService(600, retain).setServiceParent(top)
+    reactor.addSystemEventTrigger("before", "shutdown", recorder.close)
+    return recorder
 
 
 def _errors_of(runtime: LocalRuntime | CRIRuntime) -> Callable[[], int]:

@@ -103,6 +103,15 @@ class Cluster:
             "policy": [
                 {"subjects": ["group:dev"], "verbs": ["*"], "namespaces": ["team-a"]},
                 {"subjects": ["group:dev"], "verbs": ["exec"], "namespaces": ["team-a"], "run_as": ["app"]},
+                # Recorded (test_nodes): at the gateway, once; no other test runs as nobody in beta.
+                {
+                    "subjects": ["group:dev"],
+                    "verbs": ["exec"],
+                    "namespaces": ["team-a"],
+                    "pods": ["beta"],
+                    "run_as": ["nobody"],
+                    "record": "required",
+                },
             ],
             "tls": {"ca": "../pki/ca.crt", "cert": "../pki/gw-1.crt", "key": "../pki/gw-1.key"},
             "nodes": [{"name": n, "address": f"{hosts.address[n]}:{NODE_PORT}"} for n in PODS],
