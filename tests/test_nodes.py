@@ -230,3 +230,14 @@ def test_a_session_through_the_gateway_is_recorded_once_at_the_gateway(cluster):
     assert [(c, d) for _, c, d in events] == [("o", "out\n"), ("e", "err\n"), ("x", "exit code 5")]
     assert ends[-1]["recording_sha256"]
     assert not (cluster.root / "node-2" / "state" / "recordings").exists()  # the node agent records nothing
+
+
+def test_a_recorded_api_stream_is_served_at_the_gateway_not_spliced_past_it(cluster):
+    """The API door hands streams to the node agent unread; one to record
+    is served at the gateway instead, through the node hop."""
+    r = cluster.cli("exec", "-u", "nobody", "team-a/beta", "--", "sh", "-c", "echo api; exit 3")
+    assert (r.returncode, r.stdout) == (3, b"api\n"), r.stderr
+    ends = [e for e in cluster.audit("gw") if e["event"] == "session.end" and e.get("via") != "ssh"]
+    cast = cluster.root / "gw" / "state" / "recordings" / f"{ends[-1]['id']}.cast"
+    _, events = read_events(cast.read_bytes().splitlines())
+    assert [(c, d) for _, c, d in events] == [("o", "api\n"), ("x", "exit code 3")]

@@ -27,7 +27,7 @@ from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
 from podshell.auth.policy import VERBS, Access, Verb
 from podshell.core.addresses import ip_of
-from podshell.core.contracts import Grant, Nodes, Placement, ProcessRequest
+from podshell.core.contracts import Grant, Nodes, Placement, ProcessRequest, RecordMode
 from podshell.core.denial import answer
 from podshell.core.process import TAR_SERVER
 from podshell.core.target import NoSuchPod, Target, TargetError
@@ -269,7 +269,11 @@ class KubeAPI:
         headers: list[tuple[str, str]] | None = None,
     ) -> Upgrade | None:
         """Hand the stream to the node agent that runs the pod, if that is not
-        this process: the same request, cleaned, on behalf of the identity."""
+        this process: the same request, cleaned, on behalf of the identity.
+        A session to record is served here instead (through the node hop),
+        because a spliced stream passes the recorder by."""
+        if granted.record is not RecordMode.OFF and sub != "log":
+            return None
         where = granted.handle
         target = f"/api/v1/namespaces/{quote(where.namespace)}/pods/{quote(where.pod)}/{sub}?{urlencode(query)}"
         if headers is None:
