@@ -53,6 +53,7 @@ from podshell.server import defaults
 from podshell.server.config import Config, RuntimeKind, holds_manifests, load_config, resolve_path
 from podshell.server.health import Readiness, site
 from podshell.server.heap import keep_buffers_on_the_heap
+from podshell.server.reload import Reloader, ReloadOnHangup
 
 log = Logger()
 
@@ -376,6 +377,10 @@ def makeService(options: Options) -> MultiService:
         Listening(reactor, config.metrics.listen, "metrics", factory, lambda address: None).setServiceParent(top)
     if runtime is not None:
         runtime.setServiceParent(top)
+    reloader = None
+    if not loaded.embedded:
+        reloader = Reloader(Path(loaded.source).absolute(), config, loaded.directory, loaded.policy)
+    ReloadOnHangup(reactor, reloader).setServiceParent(top)
     log.info(
         "{what} starting from {source}: {n} pods, state in {state}, audit log {audit}",
         what={"all": "podshell", "gateway": "podshell gateway", "node": "podshell node agent"}[config.role],
