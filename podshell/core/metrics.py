@@ -65,11 +65,13 @@ class AuthMethod(StrEnum):
 
 
 class SSHLimit(StrEnum):
-    """The limit on unauthenticated SSH connections that one hit."""
+    """The SSH limit that a connection or channel hit."""
 
     MAX_STARTUPS = "max_startups"  # refused at accept: the total, by random early drop
     PER_SOURCE = "per_source_max_startups"  # refused at accept: too many from its address
     GRACE_TIME = "login_grace_time"  # dropped: not logged in within the grace time
+    MAX_CHANNELS = "max_channels"  # a channel open refused: the connection has its share
+    KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no keepalive
 
 
 # Session start: the gate's name -> policy -> placement, up to the session's audit record.
@@ -123,7 +125,7 @@ class Metrics:
         )
         self.ssh_limits = Counter(
             "podshell_ssh_limits_hit",
-            "Unauthenticated SSH connections refused or dropped, by the limit they hit",
+            "SSH connections refused or dropped, and channel opens refused, by the limit they hit",
             ["limit"],
             registry=r,
         )

@@ -12,7 +12,9 @@ from pydantic import Field, field_validator, model_validator
 
 from podshell.auth.identity import NAME_PATTERN, User
 from podshell.auth.policy import VERBS, Rule
+from podshell.core.keepalive import KeepaliveSettings
 from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
+from podshell.gateway.ssh.connection import ConnectionLimits
 from podshell.gateway.ssh.startups import MaxStartups
 from podshell.node.runtime.manifest import Backoff
 
@@ -46,6 +48,25 @@ class SSHConfig(Listener):
         "one address alone cannot bring the others into early drop",
     )
     login_grace_time: float = Field(default=60, gt=0, le=3600, description="seconds from accept to login")
+    # Logged-in connections, as sshd's MaxSessions, ClientAliveInterval and ClientAliveCountMax.
+    max_channels: int | None = Field(
+        default=64,
+        ge=1,
+        description="channels (sessions, forwarded connections) open at once on one connection; null: no limit",
+    )
+    keepalive_interval: float = Field(
+        default=15, ge=0, le=86400, description="seconds of silence before a keepalive request; 0: none"
+    )
+    keepalive_count_max: int = Field(
+        default=3, ge=1, description="keepalive requests left unanswered before the connection is dropped"
+    )
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        keepalive = None
+        if self.keepalive_interval:
+            keepalive = KeepaliveSettings(self.keepalive_interval, self.keepalive_count_max)
+        return ConnectionLimits(self.max_channels, keepalive)
 
     @field_validator("max_startups", mode="before")
     @classmethod

@@ -477,6 +477,7 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, met
         metrics,
         limits,
         reactor,
+        config.ssh.connection_limits,
     )
     ssh_door = Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster), backlog=SSH_BACKLOG)
     ssh_door.setServiceParent(doors)
