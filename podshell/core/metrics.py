@@ -74,6 +74,14 @@ class SSHLimit(StrEnum):
     KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no keepalive
 
 
+class APILimit(StrEnum):
+    """The limit of the Kubernetes API's streaming connections that one hit."""
+
+    KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no ping
+    MAX_STREAMS = "max_streams"  # a SPDY stream refused (RST_STREAM REFUSED_STREAM)
+    MAX_FORWARD_CONNECTIONS = "max_forward_connections"  # a port-forward's connection refused
+
+
 # Session start: the gate's name -> policy -> placement, up to the session's audit record.
 START_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # A node agent's pod listing, TLS round trip included.
@@ -126,6 +134,12 @@ class Metrics:
         self.ssh_limits = Counter(
             "podshell_ssh_limits_hit",
             "SSH connections refused or dropped, and channel opens refused, by the limit they hit",
+            ["limit"],
+            registry=r,
+        )
+        self.api_limits = Counter(
+            "podshell_api_limits_hit",
+            "Kubernetes API streaming connections dropped, and streams or forwarded connections refused, by limit",
             ["limit"],
             registry=r,
         )
@@ -185,6 +199,9 @@ class Metrics:
 
     def ssh_limit_hit(self, limit: SSHLimit) -> None:
         self.ssh_limits.labels(limit).inc()
+
+    def api_limit_hit(self, limit: APILimit) -> None:
+        self.api_limits.labels(limit).inc()
 
     def pods_listed(self, node: str, seconds: float) -> None:
         self.node_list.labels(node).observe(seconds)

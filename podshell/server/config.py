@@ -4,6 +4,7 @@ and the key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -13,10 +14,13 @@ from pydantic import Field, field_validator, model_validator
 from podshell.auth.identity import NAME_PATTERN, User
 from podshell.auth.policy import VERBS, Rule
 from podshell.core.keepalive import KeepaliveSettings
+from podshell.core.metrics import APILimit
 from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
 from podshell.gateway.ssh.connection import ConnectionLimits
 from podshell.gateway.ssh.startups import MaxStartups
+from podshell.kube.limits import StreamLimits
 from podshell.node.runtime.manifest import Backoff
+from podshell.protocols.spdy import MAX_STREAMS
 
 
 class Listener(StrictModel):
@@ -84,6 +88,23 @@ class SSHConfig(Listener):
 
 class APIConfig(Listener):
     listen: str = "ssl:8443:interface=127.0.0.1"
+    # Each upgraded streaming connection (exec, attach, port-forward).
+    keepalive_interval: float = Field(
+        default=30, ge=0, le=86400, description="seconds of silence before a WebSocket ping or SPDY PING; 0: none"
+    )
+    keepalive_count_max: int = Field(
+        default=3, ge=1, description="pings left unanswered before the connection is dropped"
+    )
+    max_streams: int = Field(default=MAX_STREAMS, ge=2, description="SPDY streams open at once on one connection")
+    max_forward_connections: int | None = Field(
+        default=256, ge=1, description="TCP connections at once in one port-forward; null: no limit"
+    )
+
+    def stream_limits(self, hit: Callable[[APILimit], None]) -> StreamLimits:
+        keepalive = None
+        if self.keepalive_interval:
+            keepalive = KeepaliveSettings(self.keepalive_interval, self.keepalive_count_max)
+        return StreamLimits(keepalive, self.max_streams, self.max_forward_connections, hit)
 
 
 class MetricsConfig(Listener):

@@ -482,7 +482,7 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, met
     ssh_door = Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster), backlog=SSH_BACKLOG)
     ssh_door.setServiceParent(doors)
     if config.api is not None:
-        api = KubeAPI(gate, cluster, reactor)
+        api = KubeAPI(gate, cluster, reactor, limits=config.api.stream_limits(metrics.api_limit_hit))
         factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"

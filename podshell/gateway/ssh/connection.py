@@ -25,7 +25,7 @@ from zope.interface import implementer
 from podshell.core.addresses import host_port
 from podshell.core.keepalive import Keepalive, KeepaliveSettings
 from podshell.core.metrics import SSHLimit
-from podshell.core.transports import StreamTransport
+from podshell.core.transports import StreamTransport, abort
 from podshell.core.twisted_private import confirm_channel, log_through
 from podshell.gateway.ssh.channels import PodChannel
 from podshell.gateway.ssh.logs import conch_logger
@@ -102,9 +102,7 @@ class PodConnection(connection.SSHConnection):
             transport.DISCONNECT_CONNECTION_LOST,
             f"podshell: no answer to {settings.count_max} keepalive(s) {settings.interval:g} s apart".encode(),
         )
-        abort = getattr(self.transport.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
+        abort(self.transport.transport)
 
     def serviceStopped(self) -> None:
         if self._keepalive is not None:
