@@ -12,17 +12,20 @@ import json
 import pytest
 from twisted.internet.testing import StringTransport
 from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy, Rule
+from podshell.core.keepalive import KeepaliveSettings
+from podshell.core.metrics import APILimit
 from podshell.core.process import ExitStatus, WindowSize
 from podshell.gateway.routing import Cluster
 from podshell.kube import spdy as kube_spdy
 from podshell.kube import websocket
 from podshell.kube.front import APIProtocol
+from podshell.kube.limits import StreamLimits
 from podshell.kube.resources import KubeAPI
 from podshell.protocols import spdy
 
@@ -76,12 +79,12 @@ def audit(tmp_path):
     log.close()
 
 
-def serve(node: MemoryNode, audit: AuditLog) -> tuple[APIProtocol, TCP]:
+def serve(node: MemoryNode, audit: AuditLog, limits: StreamLimits | None = None) -> tuple[APIProtocol, TCP]:
     cluster = Cluster([node])
     gate = Gate(
         cluster, Policy([Rule(subjects=["user:alice"], verbs=["exec", "port-forward"], namespaces=["team-a"])]), audit
     )
-    api = KubeAPI(gate, cluster, node.clock)
+    api = KubeAPI(gate, cluster, node.clock, limits=limits)
     protocol = APIProtocol(api.route, lambda event, transport: ALICE)
     tcp = TCP()
     protocol.makeConnection(tcp)
@@ -266,10 +269,12 @@ def test_spdy_streams_that_never_come_fail_the_exec_with_a_status(node, audit):
 FORWARD = b"/api/v1/namespaces/team-a/pods/web-0/portforward"
 
 
-def spdy_forward(node: MemoryNode, audit: AuditLog, port: str) -> tuple[SpdyClient, list]:
+def spdy_forward(
+    node: MemoryNode, audit: AuditLog, port: str, limits: StreamLimits | None = None
+) -> tuple[SpdyClient, list]:
     """kubectl 1.20's port-forward: one error and one data stream per
     connection; what came back once both were open."""
-    protocol, tcp = serve(node, audit)
+    protocol, tcp = serve(node, audit, limits)
     protocol.dataReceived(spdy_request(b"", (b"portforward.k8s.io",), FORWARD))
     client = SpdyClient(protocol, tcp, b"portforward.k8s.io")
     client.open("error", port=port, requestid="0")
@@ -336,3 +341,86 @@ def test_websocket_port_forward_as_the_python_client_speaks_it(node, audit):
     protocol.connectionLost(None)
     end = json.loads(audit.path.read_text().splitlines()[-1])
     assert (end["event"], end["bytes_in"], end["bytes_out"]) == ("session.end", 4, 4)
+
+
+# Limits of one upgraded connection.
+
+
+def limits(hits: list, **kw) -> StreamLimits:
+    return StreamLimits(hit=hits.append, **kw)
+
+
+PINGS = KeepaliveSettings(interval=10, count_max=2)
+
+
+def test_spdy_connections_beyond_max_forward_connections_are_refused_and_the_first_goes_on(node, audit):
+    hits: list = []
+    client, opened = spdy_forward(node, audit, "8080", limits(hits, max_forward_connections=1))
+    assert opened == [spdy.SynReply(client.streams["data"], {})]
+    client.open("error", port="8080", requestid="1")
+    events = client.open("data", port="8080", requestid="1")
+    error, data = client.streams["error"], client.streams["data"]
+    text = b"port-forward to team-a/web-0:8080: 1 connections open already (api.max_forward_connections)"
+    assert events == [
+        spdy.SynReply(data, {}),
+        spdy.Data(error, text),
+        spdy.Data(data, b"", True),
+        spdy.Data(error, b"", True),
+    ]
+    assert hits == [APILimit.MAX_FORWARD_CONNECTIONS]
+    ((_, socket),) = node.sockets  # the first connection, and only it
+    client.core.send_data(3, b"going")  # on the first pair's data stream
+    client.flush()
+    assert socket.value() == b"going"
+
+
+def test_spdy_streams_beyond_max_streams_are_refused(node, audit):
+    hits: list = []
+    protocol, tcp = serve(node, audit, limits(hits, max_streams=2))
+    protocol.dataReceived(spdy_request(b"", (b"portforward.k8s.io",), FORWARD))
+    client = SpdyClient(protocol, tcp, b"portforward.k8s.io")
+    client.open("error", port="8080", requestid="0")
+    client.open("data", port="8080", requestid="0")
+    events = client.open("error", port="8080", requestid="1")
+    assert events == [spdy.StreamReset(client.streams["error"], spdy.Status.REFUSED_STREAM)]
+    assert hits == [APILimit.MAX_STREAMS]
+
+
+def test_a_spdy_client_that_answers_pings_is_kept_and_one_that_stops_is_dropped(node, audit):
+    hits: list = []
+    protocol, tcp = serve(node, audit, limits(hits, keepalive=PINGS))
+    protocol.dataReceived(spdy_request(b"", (b"portforward.k8s.io",), FORWARD))
+    client = SpdyClient(protocol, tcp, b"portforward.k8s.io")
+    for _ in range(5):
+        node.clock.advance(10)
+        assert client.flush() == []  # the core answered the PING; flush sends the answer
+        assert tcp.value() == b""
+    for _ in range(2):  # the client stops answering
+        node.clock.advance(10)
+        assert tcp.value() and client.core.receive_data(tcp.value()) == []  # a PING
+        assert client.core.data_to_send()  # its answer, never sent
+        tcp.clear()
+        assert not tcp.disconnecting
+    node.clock.advance(10)
+    assert tcp.disconnected and hits == [APILimit.KEEPALIVE]
+
+
+def test_a_websocket_client_that_answers_pings_is_kept_and_one_that_stops_is_dropped(node, audit):
+    hits: list = []
+    protocol, tcp = serve(node, audit, limits(hits, keepalive=PINGS))
+    protocol.dataReceived(websocket_request(b"command=cat&stdin=true&stdout=true", b"v5.channel.k8s.io"))
+    client = WebSocketClient(protocol, tcp)
+    client.events()
+    for _ in range(5):
+        node.clock.advance(10)
+        (ping,) = client.events()
+        assert isinstance(ping, Ping)
+        protocol.dataReceived(client.ws.send(ping.response()))
+    node.clock.advance(10)
+    node.clock.advance(10)
+    assert not tcp.disconnecting
+    node.clock.advance(10)
+    assert tcp.disconnected and hits == [APILimit.KEEPALIVE]  # aborted: nothing waits on the dead
+    protocol.connectionLost(None)  # what the aborted TCP connection says next
+    node.clock.advance(0)
+    assert node.processes[0].status == ExitStatus(signal="HUP")

@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass, field
 
 import pytest
-from twisted.conch.ssh import common, connection, forwarding
+from twisted.conch.ssh import common, connection, forwarding, transport
 from twisted.conch.ssh.transport import MSG_DEBUG
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Identity
 from podshell.auth.policy import Policy, Rule
+from podshell.core.keepalive import KeepaliveSettings
+from podshell.core.metrics import SSHLimit
 from podshell.core.process import ExitStatus, WindowSize
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.channels import PACKET, WINDOW
-from podshell.gateway.ssh.connection import PodConnection
+from podshell.gateway.ssh.connection import ConnectionLimits, PodConnection
 
 from .support.memorynode import PIPE_SIZE, CatProcess, MemoryNode, MemoryPod
 
@@ -31,13 +36,31 @@ class SSHTransport:
     """The SSH transport as a connection service sees it: the packets it is
     given to send, and the client's TCP connection beneath it."""
 
-    def __init__(self, avatar: PodUser) -> None:
+    def __init__(self, avatar: PodUser, factory: Factory | None = None) -> None:
         self.avatar = avatar
-        self.transport = StringTransport(peerAddress=None)
+        self.factory = factory
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 5000))
         self.packets: list[tuple[int, bytes]] = []
 
     def sendPacket(self, kind: int, payload: bytes) -> None:
         self.packets.append((kind, payload))
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        self.sendPacket(transport.MSG_DISCONNECT, struct.pack(">L", reason) + common.NS(desc) + common.NS(b""))
+        self.transport.loseConnection()
+
+
+@dataclass
+class Factory:
+    """What a connection service takes from the SSH factory: its limits, its
+    clock, and where it reports a limit hit."""
+
+    connectionLimits: ConnectionLimits
+    clock: Clock = field(default_factory=Clock)
+    hits: list[tuple[SSHLimit, str]] = field(default_factory=list)
+
+    def limitHit(self, limit: SSHLimit, source: str) -> None:
+        self.hits.append((limit, source))
 
     def loseConnection(self) -> None:
         self.transport.loseConnection()
@@ -106,8 +129,6 @@ def decode(kind: int, payload: bytes) -> tuple:
         return ("data", common.getNS(payload[4:])[0])
     if kind == connection.MSG_CHANNEL_EXTENDED_DATA:
         return ("stderr", common.getNS(payload[8:])[0])
-    if kind == connection.MSG_CHANNEL_OPEN_FAILURE:
-        return ("open-failure", struct.unpack(">L", payload[4:8])[0], common.getNS(payload[8:])[0])
     if kind == connection.MSG_CHANNEL_OPEN:
         name, rest = common.getNS(payload)
         return ("open", name.decode(), *struct.unpack(">3L", rest[:12]), rest[12:])
@@ -127,6 +148,14 @@ def decode(kind: int, payload: bytes) -> tuple:
         connection.MSG_CHANNEL_CLOSE: "close",
         connection.MSG_CHANNEL_WINDOW_ADJUST: "window-adjust",
     }
+    if kind == connection.MSG_CHANNEL_OPEN_FAILURE:
+        recipient, reason = struct.unpack(">2L", payload[:8])
+        return ("open-failure", recipient, reason, common.getNS(payload[8:])[0])
+    if kind == connection.MSG_GLOBAL_REQUEST:
+        name, rest = common.getNS(payload)
+        return ("global-request", name, bool(rest[0]))
+    if kind == transport.MSG_DISCONNECT:
+        return ("disconnect", struct.unpack(">L", payload[:4])[0], common.getNS(payload[4:])[0])
     if kind == connection.MSG_CHANNEL_WINDOW_ADJUST:
         return ("window-adjust", struct.unpack(">L", payload[4:8])[0])
     return (names.get(kind, kind),)
@@ -148,17 +177,19 @@ def audit(tmp_path):
     log.close()
 
 
-def connect(node: MemoryNode, audit: AuditLog, verbs: list[str], target: str = "team-a.web-0") -> Client:
+def connect(
+    node: MemoryNode, audit: AuditLog, verbs: list[str], target: str = "team-a.web-0", factory: Factory | None = None
+) -> Client:
     """A logged-in client of PodConnection, as the SSH transport starts it."""
     cluster = Cluster([node])
     gate = Gate(cluster, Policy([Rule(subjects=["user:alice"], verbs=verbs, namespaces=["team-a"])]), audit)
     found = gate.locate(ALICE, target, "10.0.0.9:5000", "ssh")
     avatar = PodUser(ALICE, found, "10.0.0.9:5000", gate, cluster, ["LANG", "LC_*"])
-    transport = SSHTransport(avatar)
+    ssh = SSHTransport(avatar, factory)
     conn = PodConnection()
-    conn.transport = transport  # type: ignore[assignment]
+    conn.transport = ssh  # type: ignore[assignment]
     conn.serviceStarted()
-    return Client(conn, transport)
+    return Client(conn, ssh)
 
 
 def audited(audit: AuditLog) -> list[dict]:
@@ -341,17 +372,18 @@ def test_ssh_L_refusals_say_why_in_the_open_failure(node, audit):
     assert client.open_direct(b"localhost", 9) == [
         (
             "open-failure",
+            9,
             connection.OPEN_CONNECT_FAILED,
             b"podshell: nothing listens on localhost:9 in pod team-a/web-0",
         )
     ]
-    ((_, code, why),) = client.open_direct(b"10.1.2.3", 80)
+    ((_, _, code, why),) = client.open_direct(b"10.1.2.3", 80)
     assert (code, why) == (
         connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
         b"podshell: only ports inside the pod can be forwarded: use localhost:80, not 10.1.2.3:80",
     )
     exec_only = connect(node, audit, ["exec"])
-    ((_, code, why),) = exec_only.open_direct(b"localhost", 8080)
+    ((_, _, code, why),) = exec_only.open_direct(b"localhost", 8080)
     assert code == connection.OPEN_ADMINISTRATIVELY_PROHIBITED and b"may not port-forward" in why
 
 
@@ -386,3 +418,69 @@ def test_ssh_R_outside_the_pod_or_without_the_verb_is_refused_with_a_line(node, 
     (line, failure) = exec_only.global_request(b"tcpip-forward", common.NS(b"localhost") + struct.pack(">L", 0))
     assert line[0] == "debug" and b"may not port-forward" in line[1] and failure == ("request-failure",)
     assert node.listeners == []
+
+
+KEEPALIVE = KeepaliveSettings(interval=15, count_max=3)
+
+
+def test_a_client_that_answers_keepalives_is_kept(node, audit):
+    factory = Factory(ConnectionLimits(keepalive=KEEPALIVE))
+    client = connect(node, audit, ["exec"], factory=factory)
+    for _ in range(10):
+        factory.clock.advance(15)
+        assert client.received() == [("global-request", b"keepalive@openssh.com", True)]
+        client.send(connection.MSG_REQUEST_FAILURE, b"")  # what OpenSSH answers
+    assert not client.transport.transport.disconnecting and factory.hits == []
+
+
+def test_a_client_busy_with_other_traffic_is_not_probed(node, audit):
+    factory = Factory(ConnectionLimits(keepalive=KEEPALIVE))
+    client = connect(node, audit, ["exec"], factory=factory)
+    channel = client.open_session()
+    client.request(channel, b"exec", common.NS(b"cat"))
+    client.received()
+    for _ in range(10):
+        factory.clock.advance(10)
+        client.data(channel, b"x")
+    assert [p for p in client.received() if p[0] == "global-request"] == []
+
+
+def test_a_client_that_stops_answering_is_dropped_after_count_max_probes(node, audit):
+    factory = Factory(ConnectionLimits(keepalive=KEEPALIVE))
+    client = connect(node, audit, ["exec"], factory=factory)
+    factory.clock.advance(15)
+    assert client.received() == [("global-request", b"keepalive@openssh.com", True)]
+    factory.clock.advance(5)
+    client.send(connection.MSG_REQUEST_FAILURE, b"")  # answered: the next probe is 15 s of silence away
+    for _ in range(3):
+        factory.clock.advance(15)
+        assert client.received() == [("global-request", b"keepalive@openssh.com", True)]
+        assert not client.transport.transport.disconnecting
+    factory.clock.advance(15)
+    assert client.received() == [
+        ("disconnect", transport.DISCONNECT_CONNECTION_LOST, b"podshell: no answer to 3 keepalive(s) 15 s apart")
+    ]
+    assert client.transport.transport.disconnected  # aborted: a dead peer reads nothing
+    assert factory.hits == [(SSHLimit.KEEPALIVE, "10.0.0.9:5000")]
+    client.conn.serviceStopped()
+    assert factory.clock.getDelayedCalls() == []
+
+
+def test_channels_beyond_max_channels_are_refused_with_the_reason(node, audit):
+    factory = Factory(ConnectionLimits(max_channels=2))
+    client = connect(node, audit, ["exec"], factory=factory)
+    first = client.open_session()
+    client.open_session()
+    client.send(connection.MSG_CHANNEL_OPEN, common.NS(b"session") + struct.pack(">3L", 9, WINDOW, PACKET))
+    assert client.received() == [
+        (
+            "open-failure",
+            9,
+            connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            b"podshell: this connection has 2 channels open already (ssh.max_channels)",
+        )
+    ]
+    assert factory.hits == [(SSHLimit.MAX_CHANNELS, "10.0.0.9:5000")]
+    client.close(first)
+    assert ("close",) in client.received()
+    client.open_session()  # a place is free again

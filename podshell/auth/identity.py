@@ -182,6 +182,12 @@ class Directory:
             del index[blob]
         return index
 
+    def replace_with(self, other: Directory) -> None:
+        """Take C{other}'s users, keys and tokens (a reloaded configuration):
+        the objects holding this directory see them at the next lookup."""
+        self._keys, self._files = other._keys, other._files
+        self._by_key, self._by_token, self._by_name = other._by_key, other._by_token, other._by_name
+
     @property
     def has_keys(self) -> bool:
         """Whether any SSH login can succeed (as of the last look at the key files)."""

@@ -157,6 +157,10 @@ class Policy:
             for i, rule in enumerate(rules)
         ]
 
+    def replace_with(self, other: Policy) -> None:
+        """Take C{other}'s rules (a reloaded configuration), for the next decision."""
+        self._rules = other._rules
+
     def decide(self, access: Access) -> Decision:
         allowed_by = None
         record, record_input = RecordMode.OFF, False

@@ -65,11 +65,21 @@ class AuthMethod(StrEnum):
 
 
 class SSHLimit(StrEnum):
-    """The limit on unauthenticated SSH connections that one hit."""
+    """The SSH limit that a connection or channel hit."""
 
     MAX_STARTUPS = "max_startups"  # refused at accept: the total, by random early drop
     PER_SOURCE = "per_source_max_startups"  # refused at accept: too many from its address
     GRACE_TIME = "login_grace_time"  # dropped: not logged in within the grace time
+    MAX_CHANNELS = "max_channels"  # a channel open refused: the connection has its share
+    KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no keepalive
+
+
+class APILimit(StrEnum):
+    """The limit of the Kubernetes API's streaming connections that one hit."""
+
+    KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no ping
+    MAX_STREAMS = "max_streams"  # a SPDY stream refused (RST_STREAM REFUSED_STREAM)
+    MAX_FORWARD_CONNECTIONS = "max_forward_connections"  # a port-forward's connection refused
 
 
 # Session start: the gate's name -> policy -> placement, up to the session's audit record.
@@ -123,7 +133,13 @@ class Metrics:
         )
         self.ssh_limits = Counter(
             "podshell_ssh_limits_hit",
-            "Unauthenticated SSH connections refused or dropped, by the limit they hit",
+            "SSH connections refused or dropped, and channel opens refused, by the limit they hit",
+            ["limit"],
+            registry=r,
+        )
+        self.api_limits = Counter(
+            "podshell_api_limits_hit",
+            "Kubernetes API streaming connections dropped, and streams or forwarded connections refused, by limit",
             ["limit"],
             registry=r,
         )
@@ -192,6 +208,9 @@ class Metrics:
 
     def recording_failed(self, mode: str) -> None:
         self.recording_failures.labels(mode).inc()
+
+    def api_limit_hit(self, limit: APILimit) -> None:
+        self.api_limits.labels(limit).inc()
 
     def pods_listed(self, node: str, seconds: float) -> None:
         self.node_list.labels(node).observe(seconds)

@@ -26,3 +26,12 @@ class StreamTransport(Protocol):
     def getPeer(self) -> IAddress: ...
 
     def getHost(self) -> IAddress: ...
+
+
+def abort(transport: object) -> None:
+    """Close at once, dropping what the peer has not read: for a peer that is
+    gone, whose unread data would otherwise hold the connection open.  A
+    transport that cannot abort (one carried in messages) closes as usual."""
+    close = getattr(transport, "abortConnection", None) or getattr(transport, "loseConnection", None)
+    if close is not None:
+        close()

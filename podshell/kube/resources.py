@@ -35,6 +35,7 @@ from podshell.kube import logs, objects, websocket
 from podshell.kube.channels import ChannelCommand, ChannelPort, ChannelPortForward
 from podshell.kube.command import Start
 from podshell.kube.front import Handler, HTTPError, Request, Upgrade
+from podshell.kube.limits import StreamLimits
 from podshell.kube.spdy import SpdyCommand, SpdyPortForward, SpdyServer, SpdyTunnel, StreamHandler
 from podshell.kube.websocket import MessageApp
 from podshell.protocols import channels, tar
@@ -62,9 +63,13 @@ _PASSED_ON = (
 
 
 class KubeAPI:
-    def __init__(self, gate: Gate, cluster: Nodes, reactor, agent: bool = False) -> None:
+    def __init__(
+        self, gate: Gate, cluster: Nodes, reactor, agent: bool = False, limits: StreamLimits | None = None
+    ) -> None:
         """@param agent: serve as a node agent, to gateways: their own
-        stream protocols, and the environment they pass with a command."""
+        stream protocols, and the environment they pass with a command.
+        @param limits: of each upgraded connection (pings, streams, forwarded connections)."""
+        self.limits = limits or StreamLimits()
         self.gate = gate
         self.cluster = cluster
         self.reactor = reactor
@@ -213,7 +218,7 @@ class KubeAPI:
             return self._websocket(request, protocol, ChannelPort(ports[0], connect, granted.session))
         if protocol == rc.SPDY_TUNNEL:
             tunnel = SpdyTunnel(
-                self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False)
+                self.reactor, lambda server: SpdyPortForward(server, connect, pod, granted.session, False), self.limits
             )
             return self._websocket(request, protocol, tunnel)
         if upgrade is Transport.WEBSOCKET:
@@ -284,7 +289,7 @@ class KubeAPI:
         def switch(transport: ITransport, trailing: bytes) -> IProtocol:
             data, ws = websocket.accept(request.raw_headers, request.target, protocol)
             transport.write(data)
-            endpoint = websocket.WebSocketEndpoint(ws, app, self.reactor)
+            endpoint = websocket.WebSocketEndpoint(ws, app, self.reactor, self.limits)
             if hold:
                 endpoint.hold(hold)
             endpoint.makeConnection(transport)
@@ -300,7 +305,7 @@ class KubeAPI:
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
                 b"X-Stream-Protocol-Version: " + protocol.encode() + b"\r\n\r\n"
             )
-            server = SpdyServer(self.reactor, handler)
+            server = SpdyServer(self.reactor, handler, self.limits)
             server.makeConnection(transport)
             if trailing:
                 server.dataReceived(trailing)

@@ -8,7 +8,7 @@ streams mean is up to its handler: L{SpdyCommand} or L{SpdyPortForward}.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -18,10 +18,14 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from podshell.core.addresses import host_port
 from podshell.core.contracts import Session
 from podshell.core.flow import FanOut, Valve
-from podshell.core.transports import StreamTransport
+from podshell.core.keepalive import Keepalive
+from podshell.core.metrics import APILimit
+from podshell.core.transports import StreamTransport, abort
 from podshell.kube.command import CommandSession, Start
+from podshell.kube.limits import StreamLimits
 from podshell.kube.portforward import Backend, Connect, failure_text, open_backend
 from podshell.kube.websocket import MessageTransport, WebSocketEndpoint
 from podshell.protocols import remotecommand as rc
@@ -46,10 +50,14 @@ class StreamHandler(TypingProtocol):
 class SpdyServer(Protocol):
     """Server end of one SPDY connection."""
 
-    def __init__(self, reactor, make_handler: Callable[[SpdyServer], StreamHandler]) -> None:
+    def __init__(
+        self, reactor, make_handler: Callable[[SpdyServer], StreamHandler], limits: StreamLimits | None = None
+    ) -> None:
         self.reactor = reactor
-        self.core = spdy.SpdyConnection(client=False)
+        self.limits = limits or StreamLimits()
+        self.core = spdy.SpdyConnection(client=False, max_streams=self.limits.max_streams)
         self.make_handler = make_handler
+        self.keepalive: Keepalive | None = None
         self.fanout = FanOut()
         self.valve: Valve | None = None
         self.handler: StreamHandler | None = None
@@ -67,10 +75,29 @@ class SpdyServer(Protocol):
         self.tcp.registerProducer(self.fanout, True)
         self.valve = Valve(self.tcp)
         self.handler = self.make_handler(self)
+        if self.limits.keepalive is not None:
+            self.keepalive = Keepalive(self.reactor, self.limits.keepalive, self._ping, self._unanswered)
+
+    def _ping(self) -> None:
+        self.core.ping()
+        self.flush()
+
+    def _unanswered(self) -> None:
+        """The client answered none of our PINGs: it is gone, and what we
+        would send it waits for nobody."""
+        self.limits.hit(APILimit.KEEPALIVE)
+        log.info("SPDY client {peer} answered no PING: dropped", peer=host_port(self.tcp.getPeer()))
+        self._end()
+        self.tcp.unregisterProducer()
+        abort(self.tcp)
 
     def dataReceived(self, data: bytes) -> None:
         assert self.handler is not None
+        if self.keepalive is not None:
+            self.keepalive.heard()
         for event in self.core.receive_data(data):
+            if isinstance(event, spdy.StreamReset) and event.status == spdy.Status.REFUSED_STREAM:
+                self._refused(event)
             if isinstance(event, spdy.SynStream) and event.unidirectional:
                 # Every Kubernetes stream is answered on; one we could not answer is refused.
                 self.core.reset(event.stream_id, spdy.Status.PROTOCOL_ERROR)
@@ -92,7 +119,21 @@ class SpdyServer(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._closing is not None and self._closing.active():
             self._closing.cancel()
+        if self.keepalive is not None:
+            self.keepalive.stop()
         self._end()
+
+    def _refused(self, event: spdy.StreamReset) -> None:
+        """The core refused a stream over C{max_streams} (RST_STREAM says only
+        REFUSED_STREAM): counted, and said in the log."""
+        if not event.by_peer and not self.core.closed:
+            self.limits.hit(APILimit.MAX_STREAMS)
+            log.warn(
+                "SPDY client {peer}: refused stream {id}: {n} streams open already (api.max_streams)",
+                peer=host_port(self.tcp.getPeer()),
+                id=event.stream_id,
+                n=self.limits.max_streams,
+            )
 
     def _end(self) -> None:
         if not self._ended and self.handler is not None:
@@ -287,6 +328,9 @@ class _Pair:
     timer: IDelayedCall | None = None  # while OPENING
 
 
+_CONNECTED = (PairState.CONNECTING, PairState.OPEN)
+
+
 class SpdyPortForward:
     """Port-forward: streams come in pairs (error, data) keyed by
     C{requestid}; each pair is one TCP connection to a port in the pod."""
@@ -327,6 +371,10 @@ class SpdyPortForward:
 
     def _open(self, pair: _Pair) -> None:
         assert self.server.valve is not None
+        cap = self.server.limits.max_forward_connections
+        if cap is not None and sum(p.state in _CONNECTED for p in self.pairs.values()) >= cap:
+            self._over(pair, cap)
+            return
         pair.state = PairState.CONNECTING
         d = open_backend(self.connect, pair.port, _PairRelay(self, pair), self.server.valve, pair.request)
         d.addCallbacks(self._connected, self._failed, callbackArgs=(pair,), errbackArgs=(pair,))
@@ -348,6 +396,16 @@ class SpdyPortForward:
         text = failure_text(pair.port, self.pod, failure)
         log.info("port-forward: {text}", text=text)
         if self.report_errors and pair.error is not None and pair.state is not PairState.ENDED:
+            self.server.send(pair.error, text.encode())
+        self._end(pair)
+
+    def _over(self, pair: _Pair, cap: int) -> None:
+        """One connection more than C{api.max_forward_connections}: refused as a
+        failed connection is, the others carry on."""
+        self.server.limits.hit(APILimit.MAX_FORWARD_CONNECTIONS)
+        text = f"port-forward to {self.pod}:{pair.port}: {cap} connections open already (api.max_forward_connections)"
+        log.warn("port-forward: {text}", text=text)
+        if self.report_errors and pair.error is not None:
             self.server.send(pair.error, text.encode())
         self._end(pair)
 
@@ -421,8 +479,12 @@ class SpdyTunnel:
     """SPDY carried in binary WebSocket messages (C{SPDY/3.1+portforward.k8s.io}):
     the messages, joined, are the SPDY byte stream; their boundaries mean nothing."""
 
-    def __init__(self, reactor, make_handler: Callable[[SpdyServer], StreamHandler]) -> None:
-        self.server = SpdyServer(reactor, make_handler)
+    def __init__(
+        self, reactor, make_handler: Callable[[SpdyServer], StreamHandler], limits: StreamLimits | None = None
+    ) -> None:
+        # The WebSocket beneath pings the client already.
+        inner = replace(limits, keepalive=None) if limits is not None else None
+        self.server = SpdyServer(reactor, make_handler, inner)
         self.ws: WebSocketEndpoint | None = None
 
     def opened(self, ws: WebSocketEndpoint) -> None:

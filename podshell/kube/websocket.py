@@ -19,6 +19,7 @@ from typing import cast
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
@@ -26,8 +27,14 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Mess
 from wsproto.handshake import H11Handshake
 from zope.interface import implementer
 
-from podshell.core.transports import StreamTransport
+from podshell.core.addresses import host_port
+from podshell.core.keepalive import Keepalive
+from podshell.core.metrics import APILimit
+from podshell.core.transports import StreamTransport, abort
+from podshell.kube.limits import StreamLimits
 from podshell.protocols.wsframe import binary_header
+
+log = Logger()
 
 MAX_MESSAGE = 32 << 20  # a kubelet's (x/net/websocket's default): the Python client writes stdin as one message
 CLOSE_GRACE = 5.0
@@ -53,10 +60,13 @@ class MessageApp(TypingProtocol):
 
 
 class WebSocketEndpoint(Protocol):
-    def __init__(self, ws: Connection, app: MessageApp, reactor) -> None:
+    def __init__(self, ws: Connection, app: MessageApp, reactor, limits: StreamLimits | None = None) -> None:
+        """C{limits}: its C{keepalive} pings a quiet client."""
         self.ws = ws
         self.app = app
         self.reactor = reactor
+        self.limits = limits or StreamLimits()
+        self.keepalive: Keepalive | None = None
         self._parts: list[bytes] = []
         self._size = 0
         self._done = False
@@ -84,11 +94,28 @@ class WebSocketEndpoint(Protocol):
         return cast(StreamTransport, self.transport)
 
     def connectionMade(self) -> None:
+        if self.limits.keepalive is not None:
+            self.keepalive = Keepalive(self.reactor, self.limits.keepalive, self._ping, self._unanswered)
         self.app.opened(self)
+
+    def _ping(self) -> None:
+        if self.ws.state is ConnectionState.OPEN and not self._done:
+            self._write(self.ws.send(Ping(payload=b"podshell")))
+
+    def _unanswered(self) -> None:
+        """No pong, nor anything else, to several pings: the client is gone,
+        and what waits for it to read waits for nobody."""
+        self.limits.hit(APILimit.KEEPALIVE)
+        log.info("WebSocket client {peer} answered no ping: dropped", peer=host_port(self.tcp.getPeer()))
+        self._dropped = True
+        self.tcp.unregisterProducer()
+        abort(self.tcp)
 
     def dataReceived(self, data: bytes) -> None:
         if self._dropped:
             return  # what comes while TCP goes down is nobody's
+        if self.keepalive is not None:
+            self.keepalive.heard()
         self.ws.receive_data(data)
         for event in self.ws.events():
             if self._dropped:  # the app closed on a bad message
@@ -123,6 +150,8 @@ class WebSocketEndpoint(Protocol):
         self._drop()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
         if self._holding is not None:
             self._holding.cancel()
             self._holding = None

@@ -172,8 +172,11 @@ class _Frame:
 class SpdyConnection:
     """One SPDY/3.1 connection, either end."""
 
-    def __init__(self, client: bool) -> None:
+    def __init__(self, client: bool, max_streams: int = MAX_STREAMS) -> None:
+        """C{max_streams}: streams the peer may have open at once; one more is
+        refused with RST_STREAM REFUSED_STREAM."""
         self.client = client
+        self.max_streams = max_streams
         self._next_id = 1 if client else 2
         self._next_ping = 1 if client else 2
         self._last_peer_id = 0
@@ -410,7 +413,7 @@ class SpdyConnection:
             events.append(StreamReset(stream_id, Status.PROTOCOL_ERROR, by_peer=False))
             return
         self._last_peer_id = stream_id
-        if self.closed or len(self._streams) >= MAX_STREAMS:
+        if self.closed or len(self._streams) >= self.max_streams:
             self.reset(stream_id, Status.REFUSED_STREAM)
             events.append(StreamReset(stream_id, Status.REFUSED_STREAM, by_peer=False))
             return

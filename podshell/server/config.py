@@ -4,6 +4,7 @@ and the key."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,14 @@ from pydantic import Field, field_validator, model_validator
 from podshell.auth.identity import NAME_PATTERN, User
 from podshell.auth.policy import VERBS, Rule
 from podshell.auth.recording import Retention
+from podshell.core.keepalive import KeepaliveSettings
+from podshell.core.metrics import APILimit
 from podshell.core.yamlfile import ConfigError, StrictModel, load_document, load_documents, parse, resolve_path
+from podshell.gateway.ssh.connection import ConnectionLimits
 from podshell.gateway.ssh.startups import MaxStartups
+from podshell.kube.limits import StreamLimits
 from podshell.node.runtime.manifest import Backoff
+from podshell.protocols.spdy import MAX_STREAMS
 
 
 class Listener(StrictModel):
@@ -47,6 +53,25 @@ class SSHConfig(Listener):
         "one address alone cannot bring the others into early drop",
     )
     login_grace_time: float = Field(default=60, gt=0, le=3600, description="seconds from accept to login")
+    # Logged-in connections, as sshd's MaxSessions, ClientAliveInterval and ClientAliveCountMax.
+    max_channels: int | None = Field(
+        default=64,
+        ge=1,
+        description="channels (sessions, forwarded connections) open at once on one connection; null: no limit",
+    )
+    keepalive_interval: float = Field(
+        default=15, ge=0, le=86400, description="seconds of silence before a keepalive request; 0: none"
+    )
+    keepalive_count_max: int = Field(
+        default=3, ge=1, description="keepalive requests left unanswered before the connection is dropped"
+    )
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        keepalive = None
+        if self.keepalive_interval:
+            keepalive = KeepaliveSettings(self.keepalive_interval, self.keepalive_count_max)
+        return ConnectionLimits(self.max_channels, keepalive)
 
     @field_validator("max_startups", mode="before")
     @classmethod
@@ -64,6 +89,23 @@ class SSHConfig(Listener):
 
 class APIConfig(Listener):
     listen: str = "ssl:8443:interface=127.0.0.1"
+    # Each upgraded streaming connection (exec, attach, port-forward).
+    keepalive_interval: float = Field(
+        default=30, ge=0, le=86400, description="seconds of silence before a WebSocket ping or SPDY PING; 0: none"
+    )
+    keepalive_count_max: int = Field(
+        default=3, ge=1, description="pings left unanswered before the connection is dropped"
+    )
+    max_streams: int = Field(default=MAX_STREAMS, ge=2, description="SPDY streams open at once on one connection")
+    max_forward_connections: int | None = Field(
+        default=256, ge=1, description="TCP connections at once in one port-forward; null: no limit"
+    )
+
+    def stream_limits(self, hit: Callable[[APILimit], None]) -> StreamLimits:
+        keepalive = None
+        if self.keepalive_interval:
+            keepalive = KeepaliveSettings(self.keepalive_interval, self.keepalive_count_max)
+        return StreamLimits(keepalive, self.max_streams, self.max_forward_connections, hit)
 
 
 class MetricsConfig(Listener):

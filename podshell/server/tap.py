@@ -55,6 +55,7 @@ from podshell.server import defaults
 from podshell.server.config import Config, RuntimeKind, holds_manifests, load_config, resolve_path
 from podshell.server.health import Readiness, site
 from podshell.server.heap import keep_buffers_on_the_heap
+from podshell.server.reload import Reloader, ReloadOnHangup
 
 log = Logger()
 
@@ -379,6 +380,10 @@ def makeService(options: Options) -> MultiService:
         Listening(reactor, config.metrics.listen, "metrics", factory, lambda address: None).setServiceParent(top)
     if runtime is not None:
         runtime.setServiceParent(top)
+    reloader = None
+    if not loaded.embedded:
+        reloader = Reloader(Path(loaded.source).absolute(), config, loaded.directory, loaded.policy)
+    ReloadOnHangup(reactor, reloader).setServiceParent(top)
     log.info(
         "{what} starting from {source}: {n} pods, state in {state}, audit log {audit}",
         what={"all": "podshell", "gateway": "podshell gateway", "node": "podshell node agent"}[config.role],
@@ -496,11 +501,12 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, met
         metrics,
         limits,
         reactor,
+        config.ssh.connection_limits,
     )
     ssh_door = Listening(reactor, config.ssh.listen, "SSH", ssh, _how_to_get_in(cluster), backlog=SSH_BACKLOG)
     ssh_door.setServiceParent(doors)
     if config.api is not None:
-        api = KubeAPI(gate, cluster, reactor)
+        api = KubeAPI(gate, cluster, reactor, limits=config.api.stream_limits(metrics.api_limit_hit))
         factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"

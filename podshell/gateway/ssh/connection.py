@@ -12,18 +12,35 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
-from twisted.conch.ssh import common, connection
+from twisted.conch.ssh import common, connection, transport
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from podshell.core.transports import StreamTransport
+from podshell.core.addresses import host_port
+from podshell.core.keepalive import Keepalive, KeepaliveSettings
+from podshell.core.metrics import SSHLimit
+from podshell.core.transports import StreamTransport, abort
 from podshell.core.twisted_private import confirm_channel, log_through
 from podshell.gateway.ssh.channels import PodChannel
 from podshell.gateway.ssh.logs import conch_logger
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What a logged-in connection may hold (C{max_channels}, as sshd's
+    MaxSessions but for every kind of channel; None: no limit) and how its
+    client is probed (sshd's ClientAliveInterval and ClientAliveCountMax;
+    None: never).  The factory holds them, with its clock and its
+    C{limitHit(limit, source)}."""
+
+    max_channels: int | None = None
+    keepalive: KeepaliveSettings | None = None
 
 
 class OpenFailed(Exception):
@@ -49,6 +66,48 @@ class PodConnection(connection.SSHConnection):
         # transport on every write.
         assert self.transport is not None and self.transport.transport is not None
         cast(StreamTransport, self.transport.transport).registerProducer(self, True)
+        # A connection service on its own (tests) has no factory: no limits.
+        factory: Any = getattr(self.transport, "factory", None)
+        self.limits: ConnectionLimits = getattr(factory, "connectionLimits", None) or ConnectionLimits()
+        self._limitHit: Callable[[SSHLimit, str], None] = getattr(factory, "limitHit", lambda limit, source: None)
+        self._opening = 0  # channel opens still waiting for the node
+        self._keepalive: Keepalive | None = None
+        clock = getattr(factory, "clock", None)
+        if self.limits.keepalive is not None and clock is not None:
+            self._keepalive = Keepalive(clock, self.limits.keepalive, self._probe, self._unanswered)
+
+    def _peer(self) -> str:
+        assert self.transport is not None and self.transport.transport is not None
+        return host_port(self.transport.transport.getPeer())
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        if self._keepalive is not None:
+            self._keepalive.heard()
+        super().packetReceived(messageNum, packet)
+
+    def _probe(self) -> None:
+        """OpenSSH's keepalive: a global request nobody knows, wanting a reply
+        (a failure is as good an answer as a success)."""
+        d = self.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=1)
+        d.addErrback(lambda failure: None)
+
+    def _unanswered(self) -> None:
+        """The client answered none of the probes: it is gone.  Said to it in
+        case it still reads, then the socket is dropped without waiting on
+        what it does not read."""
+        assert self.transport is not None and self.limits.keepalive is not None
+        self._limitHit(SSHLimit.KEEPALIVE, self._peer())
+        settings = self.limits.keepalive
+        self.transport.sendDisconnect(
+            transport.DISCONNECT_CONNECTION_LOST,
+            f"podshell: no answer to {settings.count_max} keepalive(s) {settings.interval:g} s apart".encode(),
+        )
+        abort(self.transport.transport)
+
+    def serviceStopped(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        super().serviceStopped()
 
     def pauseProducing(self) -> None:
         self.sendingPaused = True
@@ -70,17 +129,26 @@ class PodConnection(connection.SSHConnection):
         channelType, rest = common.getNS(packet)
         senderChannel, windowSize, maxPacket = struct.unpack(">3L", rest[:12])
         data = rest[12:]
+        cap = self.limits.max_channels
+        if cap is not None and len(self.channels) + self._opening >= cap:
+            self._limitHit(SSHLimit.MAX_CHANNELS, self._peer())
+            why = f"podshell: this connection has {cap} channels open already (ssh.max_channels)"
+            self._refuseOpen(senderChannel, connection.OPEN_ADMINISTRATIVELY_PROHIBITED, why)
+            return
+        self._opening += 1
         d = maybeDeferred(self.getChannel, channelType, windowSize, maxPacket, data)
         d.addCallbacks(self._opened, self._openFailed, callbackArgs=(senderChannel, data), errbackArgs=(senderChannel,))
         d.addErrback(lambda f: self.log.failure("channel open", f))
 
     def _opened(self, channel, senderChannel: int, data: bytes) -> None:
+        self._opening -= 1
         if self.transport is None or getattr(self.transport.transport, "disconnecting", True):
             channel.closed()  # the client left while we were connecting
             return
         confirm_channel(self, channel, senderChannel, data)
 
     def _openFailed(self, failure: Failure, senderChannel: int) -> None:
+        self._opening -= 1
         error = failure.value
         if isinstance(error, OpenFailed):
             reason, text = error.reason, str(error)
@@ -92,6 +160,9 @@ class PodConnection(connection.SSHConnection):
         else:
             self.log.failure("channel open failed", failure)
             reason, text = connection.OPEN_CONNECT_FAILED, "podshell: internal error"
+        self._refuseOpen(senderChannel, reason, text)
+
+    def _refuseOpen(self, senderChannel: int, reason: int, text: str) -> None:
         if self.transport is not None:
             self.transport.sendPacket(
                 connection.MSG_CHANNEL_OPEN_FAILURE,

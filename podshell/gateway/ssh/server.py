@@ -47,7 +47,7 @@ from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
 from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
-from podshell.gateway.ssh.connection import PodConnection
+from podshell.gateway.ssh.connection import ConnectionLimits, PodConnection
 from podshell.gateway.ssh.logs import conch_logger
 from podshell.gateway.ssh.startups import REFUSAL, MaxStartups, Startups, Throttled, Ticket
 
@@ -273,9 +273,12 @@ class PodSSHFactory(SSHFactory):
         limits: StartupLimits | None = None,
         clock: IReactorTime | None = None,
         metrics: Metrics | None = None,
+        connectionLimits: ConnectionLimits | None = None,
     ) -> None:
         """C{limits} and C{clock}: no limits on unauthenticated connections
-        without both."""
+        without both; C{connectionLimits}: on logged-in ones (keepalives need
+        C{clock} too)."""
+        self.connectionLimits = connectionLimits or ConnectionLimits()
         self.portal = portal
         self.privateKeys = {k.sshType(): k for k in keys}
         self.publicKeys = {k.sshType(): k.public() for k in keys}
@@ -287,6 +290,8 @@ class PodSSHFactory(SSHFactory):
         now = clock.seconds if clock is not None else (lambda: 0.0)
         self._quiet = {SSHLimit.GRACE_TIME: Throttled(now), SSHLimit.MAX_STARTUPS: Throttled(now)}
         self._quiet[SSHLimit.PER_SOURCE] = self._quiet[SSHLimit.MAX_STARTUPS]
+        self._quiet[SSHLimit.MAX_CHANNELS] = Throttled(now)
+        self._quiet[SSHLimit.KEEPALIVE] = Throttled(now)
 
     def buildProtocol(self, addr: IAddress | None) -> transport.SSHServerTransport:
         ticket: Ticket | None = None
@@ -314,7 +319,24 @@ class PodSSHFactory(SSHFactory):
         count = self._quiet[limit].event()
         if not count:
             return
-        if limit is SSHLimit.GRACE_TIME:
+        if limit is SSHLimit.MAX_CHANNELS:
+            log.warn(
+                "SSH: refused {count} channel open(s) over max_channels ({cap}; the latest from {source})",
+                count=count,
+                cap=self.connectionLimits.max_channels,
+                source=source,
+            )
+        elif limit is SSHLimit.KEEPALIVE:
+            keepalive = self.connectionLimits.keepalive
+            log.info(
+                "SSH: dropped {count} connection(s) whose client answered no keepalive"
+                " ({count_max} sent {interval:g} s apart; the latest from {source})",
+                count=count,
+                count_max=keepalive.count_max if keepalive else 0,
+                interval=keepalive.interval if keepalive else 0,
+                source=source,
+            )
+        elif limit is SSHLimit.GRACE_TIME:
             log.warn(
                 "SSH: dropped {count} connection(s) not logged in within the login grace time"
                 " ({grace:g} s; the latest from {source})",
@@ -367,10 +389,11 @@ def make_factory(
     metrics: Metrics | None = None,
     limits: StartupLimits | None = None,
     clock: IReactorTime | None = None,
+    connection_limits: ConnectionLimits | None = None,
 ) -> PodSSHFactory:
     portal = Portal(PodRealm(gate, cluster, ACCEPT_ENV + list(accept_env)), [KeyChecker(directory, metrics)])
     keys = hostkeys.load_or_create(state_dir)
-    factory = PodSSHFactory(portal, keys, [c.encode() for c in ciphers], limits, clock, metrics)
+    factory = PodSSHFactory(portal, keys, [c.encode() for c in ciphers], limits, clock, metrics, connection_limits)
     startups = factory.startups
     if metrics is not None and startups is not None:
         metrics.watch_ssh_startups(lambda: startups.total)
