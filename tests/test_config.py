@@ -99,11 +99,23 @@ NODE = "role: node\nnode: {name: node-1, listen: 'tcp:10250'}\n" + TLS
 
 BAD = [
     ("role: node\n", None, "podshell.yaml: tls: a node needs its cluster certificate (ca, cert, key)"),
-    ("role: gateway\n" + TLS, None, "nodes: a gateway needs at least one node agent to route to"),
+    ("role: gateway\n" + TLS, None, "nodes: a gateway needs node agents to route to: a nodes: list, or inventory"),
     (NODE + "ssh: {listen: 'tcp:22'}\n", None, "ssh: a node agent has no front doors; gateways hold ssh"),
     (NODE.replace("tcp:10250", "ssl:10250"), None, "node.listen: a node agent listens on tcp:PORT"),
     ("role: all\nnodes: [{name: n, address: '10.0.0.2:1'}]\n", None, "nodes: only a gateway routes to node agents"),
     ("role: gateway\n" + TLS + "nodes: [{name: n, address: '10.0.0.2'}]\n", None, "'10.0.0.2' is not HOST:PORT"),
+    (
+        "role: gateway\n" + TLS + "nodes: [{name: n, address: 'h:1'}]\ninventory: {kind: kubernetes}\n",
+        None,
+        "nodes: give nodes or inventory, not both",
+    ),
+    ("inventory: {kind: kubernetes}\n", None, "inventory: only a gateway routes to node agents (role is all)"),
+    ("role: gateway\n" + TLS + "inventory: {kind: consul}\n", None, "inventory.kind: Input should be 'kubernetes'"),
+    (
+        "role: gateway\n" + TLS + "inventory: {kind: kubernetes, agents: {port: 0}}\n",
+        None,
+        "inventory.agents.port: Input should be greater than 0",
+    ),
     (
         "role: gateway\n" + TLS + "nodes: [{name: n, address: 'h:1'}]\n",
         None,

@@ -45,7 +45,7 @@ class RemoteNode:
         self,
         reactor,
         name: str,
-        host: str,
+        host: str | None,
         port: int,
         identity: ClusterIdentity,
         refresh: float,
@@ -54,23 +54,33 @@ class RemoteNode:
         self.reactor = reactor
         self.metrics = metrics
         self.name = name
-        self.host, self.port = host, port
-        self.address = join(host, port)
-        self.tls = NodeClientTLS(identity, name, host)
+        self.identity = identity
         self.refresh_every = refresh
-        self.problem: str | None = "not contacted yet"
-        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.known: dict[tuple[str, str], dict[str, Any]] = {}  # its pods, by namespace and name
+        self.move(host, port, "not contacted yet")
         self._agent = Agent.usingEndpointFactory(
             reactor, _QuietEndpoints(self), HTTPConnectionPool(reactor, persistent=True)
         )
 
     # Reaching it.
+    def move(self, host: str | None, port: int, problem: str | None = None) -> None:
+        """The agent is at C{host} now (None: there is none), with C{problem}
+        (None: reachable, as far as we know)."""
+        self.host, self.port = host, port
+        self.address = join(host, port) if host is not None else "(no address)"
+        self.tls = NodeClientTLS(self.identity, self.name, host or "")
+        self.problem: str | None = problem
+
     def endpointForURI(self, uri: object = None) -> IStreamClientEndpoint:
+        if self.host is None:
+            return _Nowhere(NodeError(self.problem or f"node {self.name} has no node agent"))
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
         return wrapClientTLS(self.tls, tcp)
 
     def why(self, failure: Failure) -> str:
         """What to tell a user whose stream to this node failed."""
+        if self.host is None:
+            return failure.getErrorMessage()
         if self.tls.problem:
             return f"node {self.name} at {self.address} is not trusted: {self.tls.problem}"
         return f"cannot reach node {self.name} at {self.address}: {failure.getErrorMessage()}"
@@ -93,7 +103,7 @@ class RemoteNode:
         if self.metrics is not None and asked is not None:
             self.metrics.pods_listed(self.name, time.monotonic() - asked)
         items = json.loads(body)["items"]
-        self._pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in items}
+        self.known = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in items}
         if self.problem is not None:
             log.info("node {node} at {address}: {n} pods", node=self.name, address=self.address, n=len(items))
         self.problem = None
@@ -103,17 +113,17 @@ class RemoteNode:
         if problem != self.problem:
             log.warn("{problem}; its pods are withdrawn until it answers", problem=problem)
         self.problem = problem
-        self._pods = {}
+        self.known = {}
 
     def pods(self) -> list[dict[str, Any]]:
-        return list(self._pods.values())
+        return list(self.known.values())
 
     def container_names(self, namespace: str, pod: str) -> list[str] | None:
-        found = self._pods.get((namespace, pod))
+        found = self.known.get((namespace, pod))
         return [c["name"] for c in found["spec"]["containers"]] if found else None
 
     def resolve(self, namespace: str, pod: str, container: str | None) -> Placement:
-        found = self._pods.get((namespace, pod))
+        found = self.known.get((namespace, pod))
         if found is None:
             raise NoSuchPod(namespace, pod)
         return placement_in(found, container, self.name)
@@ -200,6 +210,17 @@ class _QuietEndpoints:
 
     def endpointForURI(self, uri: object) -> IStreamClientEndpoint:
         return _QuietEndpoint(self.node.endpointForURI(uri))
+
+
+@implementer(IStreamClientEndpoint)
+class _Nowhere:
+    """The way to a node with no agent: it fails, saying so."""
+
+    def __init__(self, error: NodeError) -> None:
+        self.error = error
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
+        return fail(self.error)
 
 
 @implementer(IStreamClientEndpoint)

@@ -4,7 +4,7 @@ make, passed to the node that runs the pod."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,9 +28,17 @@ class Cluster:
     front doors).  With a L{Recorder} (a gateway's, or the embedded
     server's; never a node agent's), sessions are recorded here: once."""
 
-    def __init__(self, nodes: Sequence[Node], recorder: Recorder | None = None) -> None:
-        self.nodes = {node.name: node for node in nodes}
+    def __init__(
+        self,
+        nodes: Sequence[Node] | Mapping[str, Node],
+        recorder: Recorder | None = None,
+        problems: Callable[[], list[str]] | None = None,
+    ) -> None:
+        """@param nodes: a mapping is live: nodes come and go (a gateway's inventory).
+        @param problems: why nodes may be missing (an API server not answering)."""
+        self.nodes: Mapping[str, Node] = nodes if isinstance(nodes, Mapping) else {n.name: n for n in nodes}
         self.recorder = recorder
+        self.problems = problems
 
     def _home(self, namespace: str, pod: str) -> tuple[Node, list[str]] | None:
         found = [(n, c) for n in self.nodes.values() if (c := n.container_names(namespace, pod)) is not None]
@@ -50,7 +58,8 @@ class Cluster:
 
     def unreachable(self) -> list[str]:
         """Why some nodes' pods are not known now (a pod not found may be there)."""
-        return [f"node {n.name} is unreachable ({n.problem})" for n in self.nodes.values() if n.problem]
+        also = self.problems() if self.problems else []
+        return also + [f"node {n.name} is unreachable ({n.problem})" for n in self.nodes.values() if n.problem]
 
     def pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
         found = [p for node in self.nodes.values() for p in node.pods()]

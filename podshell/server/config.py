@@ -239,6 +239,29 @@ class NodeAgent(StrictModel):
         return v
 
 
+class InventoryKind(StrEnum):
+    """Where a gateway learns of pods and node agents."""
+
+    KUBERNETES = "kubernetes"
+
+
+class AgentPods(StrictModel):
+    """The node agents' own pods (a DaemonSet's): each node's agent address."""
+
+    namespace: str = Field(default="podshell", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    selector: str = Field(default="app.kubernetes.io/component=node-agent", min_length=1, description="label selector")
+    port: int = Field(default=10350, gt=0, lt=65536, description="the port node agents listen on")
+
+
+class Inventory(StrictModel):
+    """Pods and node agents from the cluster's API server, instead of a C{nodes:} list."""
+
+    kind: InventoryKind
+    kubeconfig: str | None = Field(default=None, description="absent: in-cluster (the pod's ServiceAccount)")
+    selector: str = Field(default="", description="only pods with these labels (absent: all)")
+    agents: AgentPods = AgentPods()
+
+
 class NodeAddress(StrictModel):
     """A node agent a gateway routes to."""
 
@@ -279,6 +302,7 @@ class Config(StrictModel):
     tls: TLSFiles | None = None
     node: NodeAgent | None = None
     nodes: list[NodeAddress] = []
+    inventory: Inventory | None = None
     refresh: float = Field(default=2.0, gt=0, le=60, description="seconds between a gateway's pod listings")
 
     @model_validator(mode="after")
@@ -289,18 +313,24 @@ class Config(StrictModel):
         if self.role == "node":
             if self.node is None:
                 raise ValueError("node: a node agent needs node: {name: ..., listen: ...}")
-            for door in ("ssh", "api", "users", "policy", "nodes", "recordings"):
+            for door in ("ssh", "api", "users", "policy", "nodes", "inventory", "recordings"):
                 if door in given:
                     raise ValueError(f"{door}: a node agent has no front doors; gateways hold {door}")
         elif "node" in given and self.role == "gateway":
             raise ValueError("node: a gateway runs no pods; give nodes: [{name, address}] instead")
         if self.role == "gateway":
-            if not self.nodes:
-                raise ValueError("nodes: a gateway needs at least one node agent to route to")
+            if self.nodes and self.inventory is not None:
+                raise ValueError("nodes: give nodes or inventory, not both: inventory finds the node agents")
+            if not self.nodes and self.inventory is None:
+                raise ValueError(
+                    "nodes: a gateway needs node agents to route to: a nodes: list, or inventory: {kind: kubernetes}"
+                )
             if "runtime" in given:
                 raise ValueError("runtime: a gateway runs no pods; node agents do")
         elif self.nodes:
             raise ValueError(f"nodes: only a gateway routes to node agents (role is {self.role})")
+        elif self.inventory is not None:
+            raise ValueError(f"inventory: only a gateway routes to node agents (role is {self.role})")
         names = [n.name for n in self.nodes]
         if len(names) != len(set(names)):
             raise ValueError("nodes: two nodes have the same name")

@@ -36,12 +36,15 @@ class Readiness:
     listeners: Sequence[Listener] = ()
     runtime: Watched | None = None
     nodes: Callable[[], Sequence[tuple[str, Watched]]] | None = None  # a gateway's node agents
+    inventory: Watched | None = None  # where a gateway learns of them (the API server)
 
     def reasons(self) -> list[str]:
         """Why it is not ready; empty when it is."""
         out = [f"{x.what} is not listening on {x.description!r}" for x in self.listeners if x.port is None]
         if self.runtime is not None and self.runtime.problem:
             out.append(f"runtime: {self.runtime.problem}")
+        if self.inventory is not None and self.inventory.problem:
+            out.append(f"inventory: {self.inventory.problem}")
         if self.nodes is not None:
             nodes = self.nodes()
             if not any(node.problem is None for _, node in nodes):

@@ -37,6 +37,8 @@ from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
 from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
+from podshell.gateway.kubernetes.client import APIServer, Credentials
+from podshell.gateway.kubernetes.inventory import KubernetesInventory
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.server import StartupLimits, make_factory
@@ -75,6 +77,7 @@ class Loaded:
     pods: list[Pod]
     embedded: bool = False
     identity: ClusterIdentity | None = None  # in the cluster PKI (gateway, node)
+    kubernetes: Credentials | None = None  # a gateway's way to its cluster's API server
 
 
 def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
@@ -110,6 +113,15 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
             identity = ClusterIdentity.load(*paths, role=config.role)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+    kubernetes = None
+    if config.inventory is not None:
+        try:
+            if config.inventory.kubeconfig:
+                kubernetes = Credentials.from_kubeconfig(resolve_path(base, config.inventory.kubeconfig))
+            else:
+                kubernetes = Credentials.in_cluster()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return Loaded(
         config,
         source,
@@ -119,6 +131,7 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
         pods,
         config_file is None,
         identity,
+        kubernetes,
     )
 
 
@@ -171,7 +184,7 @@ def check(config_file: str | None) -> str:
     config = loaded.config
     doors = f"{count(len(config.users), 'user')}, {count(len(config.policy), 'policy rule')}"
     pod_count = count(len(loaded.pods), "pod")
-    nodes = count(len(config.nodes), "node")
+    nodes = count(len(config.nodes), "node") if config.inventory is None else "nodes from the API server"
     what = {
         "all": f"{doors}, {pod_count}",
         "gateway": f"gateway {loaded.identity.name if loaded.identity else ''}: {nodes}, {doors}",
@@ -347,7 +360,14 @@ def makeService(options: Options) -> MultiService:
         runtime = _runtime(reactor, loaded, spawner)
         nodes.append(LocalNode(config.node.name if config.node else "podshell", runtime, spawner))
         metrics.watch_runtime(config.runtime.kind.value, runtime, _errors_of(runtime))
-    if config.role == "gateway":
+    inventory: KubernetesInventory | None = None
+    if config.role == "gateway" and config.inventory is not None:
+        assert loaded.identity is not None
+        inventory = _inventory(reactor, loaded, metrics)
+        inventory.setServiceParent(top)
+        nodes = inventory.nodes  # type: ignore[assignment]  # live: nodes come and go with the cluster
+        metrics.watch_nodes(lambda: list(inventory.nodes.items()) if inventory else [])
+    elif config.role == "gateway":
         assert loaded.identity is not None
         for address in config.nodes:
             remote = RemoteNode(
@@ -358,7 +378,7 @@ def makeService(options: Options) -> MultiService:
             remotes.append(remote)
         metrics.watch_nodes(lambda: [(r.name, r) for r in remotes])
     recorder = None if config.role == "node" else _recorder(reactor, loaded, audit, top)
-    cluster = Cluster(nodes, recorder)
+    cluster = Cluster(nodes, recorder, inventory.unreachable if inventory else None)
     listeners: list[Listening] = []
     if config.role == "node":
         agent = _node_agent(reactor, loaded, cluster, audit)
@@ -374,7 +394,10 @@ def makeService(options: Options) -> MultiService:
         metrics.expect([FrontDoor.SSH, *([FrontDoor.API] if config.api is not None else [])], VERBS)
     if config.metrics is not None:
         readiness = Readiness(
-            listeners, runtime, (lambda: [(r.name, r) for r in remotes]) if config.role == "gateway" else None
+            listeners,
+            runtime,
+            (lambda: [(r.name, r) for r in cluster.nodes.values()]) if config.role == "gateway" else None,
+            inventory,
         )
         factory = site(metrics, readiness)
         Listening(reactor, config.metrics.listen, "metrics", factory, lambda address: None).setServiceParent(top)
@@ -401,6 +424,23 @@ def makeService(options: Options) -> MultiService:
     if config.role != "node" and not loaded.directory.has_keys:
         _warn_about_keys(loaded)
     return top
+
+
+def _inventory(reactor, loaded: Loaded, metrics: Metrics) -> KubernetesInventory:
+    """Pods and node agents from the API server (C{inventory: {kind: kubernetes}})."""
+    settings = loaded.config.inventory
+    assert settings is not None and loaded.identity is not None and loaded.kubernetes is not None
+    api = APIServer(reactor, loaded.kubernetes)
+    agents = settings.agents
+    log.info(
+        "inventory: pods and node agents ({selector} in {namespace}) from the API server at {server}",
+        selector=agents.selector,
+        namespace=agents.namespace,
+        server=api.server,
+    )
+    return KubernetesInventory(
+        reactor, api, loaded.identity, agents.namespace, agents.selector, agents.port, settings.selector, metrics
+    )
 
 
 def _recorder(reactor, loaded: Loaded, audit: AuditLog, top: MultiService) -> Recorder:

@@ -228,6 +228,8 @@ class _WatchReader(Protocol):
             self._fail(Failure(e))
             return
         for event in events:
+            if self.failed:  # the caller stopped watching at an earlier event
+                break
             self.each(event)
 
     def stop(self) -> None:
