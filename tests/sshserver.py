@@ -71,8 +71,8 @@ class PodshellServer:
         if ciphers:
             config["ssh"]["ciphers"] = ciphers
         config["ssh"].update(ssh or {})
-        if sessions:
-            config["sessions"] = sessions
+        # A test's server stops at once even with a session left open (the default grace is 30 s).
+        config["sessions"] = {"shutdown_grace": 0.5, **(sessions or {})}
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         argv = [*(wrap or []), TWISTD, "-n", "--pidfile=", *(twistd_options or []), "podshell"]
