@@ -16,7 +16,14 @@ from podshell.auth.live import Limits, LiveSessions
 from podshell.auth.policy import Policy, Rule
 from podshell.core.contracts import Placement
 from podshell.core.denial import DenialKind
+from podshell.core.flow import Valve
 from podshell.core.metrics import Metrics
+from podshell.core.process import ExitStatus
+from podshell.kube.command import CommandSession
+from podshell.protocols import remotecommand as rc
+from podshell.protocols.remotecommand import StreamOptions
+
+from .support.memorynode import CatProcess
 
 ALICE = Identity("alice")
 OPS = Identity("ops")
@@ -209,3 +216,46 @@ def test_a_drain_is_over_when_the_last_session_ends(world):
     clock.advance(2)
     door.stop("bye", "exit code 0")
     assert done.called and clock.getDelayedCalls() == []
+
+
+class Output:
+    """A command session's transport (WebSocket channels or SPDY streams)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+        self.finished = False
+
+    def send(self, channel: int, data: bytes) -> None:
+        self.sent.append((channel, data))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+class Holder:
+    def registerProducer(self, producer, streaming: bool) -> None:
+        self.producer = producer
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_an_api_exec_is_told_on_its_terminal_and_stopped_with_its_error(world, tty):
+    clock, gate, _ = world
+    granted = gate.enter(ALICE, "exec", "team-a/web-0", "127.0.0.1:5000", "api", ["sh"])
+    output = Output()
+    options = StreamOptions(stdin=True, stdout=True, stderr=not tty, tty=tty)
+    session = CommandSession(output, rc.V5, options, granted.session, ["sh"])
+    session.begin(lambda sink: CatProcess(clock, sink, ["sh"], {}, tty), Holder(), Valve(Holder()))
+    session.stdin(b"abc")
+    clock.advance(0)
+    (one,) = gate.live
+    assert one.bytes == (3, 3)
+    one.session.door.tell("podshell: a line")
+    told = [(rc.STDOUT, b"\r\npodshell: a line\r\n")] if tty else []
+    assert output.sent[1:] == told
+    gate.kill(OPS, "10.0.0.9:1", "api", one.session.id)
+    assert output.sent[-1] == (rc.ERROR, rc.internal_error("podshell: an operator ended this session", rc.V5))
+    assert output.finished
+    clock.advance(0)  # the process, hung up, ends: nothing more is sent
+    assert session.target.status == ExitStatus(signal="HUP")
+    assert output.sent[-1][0] == rc.ERROR
+    assert records(gate)[-1]["status"] == "ended by an operator"
