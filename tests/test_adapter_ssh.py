@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Identity
+from podshell.auth.live import LiveSessions
 from podshell.auth.policy import Policy, Rule
 from podshell.core.keepalive import KeepaliveSettings
 from podshell.core.metrics import SSHLimit
@@ -178,11 +179,16 @@ def audit(tmp_path):
 
 
 def connect(
-    node: MemoryNode, audit: AuditLog, verbs: list[str], target: str = "team-a.web-0", factory: Factory | None = None
+    node: MemoryNode,
+    audit: AuditLog,
+    verbs: list[str],
+    target: str = "team-a.web-0",
+    factory: Factory | None = None,
+    live: LiveSessions | None = None,
 ) -> Client:
     """A logged-in client of PodConnection, as the SSH transport starts it."""
     cluster = Cluster([node])
-    gate = Gate(cluster, Policy([Rule(subjects=["user:alice"], verbs=verbs, namespaces=["team-a"])]), audit)
+    gate = Gate(cluster, Policy([Rule(subjects=["user:alice"], verbs=verbs, namespaces=["team-a"])]), audit, live)
     found = gate.locate(ALICE, target, "10.0.0.9:5000", "ssh")
     avatar = PodUser(ALICE, found, "10.0.0.9:5000", gate, cluster, ["LANG", "LC_*"])
     ssh = SSHTransport(avatar, factory)
@@ -275,6 +281,49 @@ def test_a_container_that_stopped_since_login_is_refused_like_a_denial(node, aud
     channel = client.open_session()
     packets = client.request(channel, b"exec", common.NS(b"id"))
     assert packets[0] == ("stderr", b"podshell: container 'app' of pod team-a/web-0 is not running (Completed)\r\n")
+
+
+def test_a_terminal_is_told_of_a_shutdown_then_ended_with_a_line_and_status_255(node, audit):
+    live = LiveSessions(node.clock)
+    client = connect(node, audit, ["exec"], live=live)
+    channel = client.open_session()
+    pty = common.NS(b"xterm") + struct.pack(">4L", 80, 24, 0, 0) + common.NS(b"")
+    client.request(channel, b"pty-req", pty)
+    assert client.request(channel, b"shell") == [("success",)]
+    client.data(channel, b"ls\r")
+    done = live.drain(5)
+    told = b"\r\npodshell: the server is shutting down; this session ends in 5s\r\n"
+    assert client.received()[-1] == ("data", told)
+    node.clock.advance(5)
+    assert done.called
+    assert client.received() == [
+        ("stderr", b"\r\npodshell: the server shut down\r\n"),
+        ("exit-status", struct.pack(">L", 255)),
+        ("eof",),
+        ("close",),
+    ]
+    node.clock.advance(0)  # the process, hung up, ends: nothing more is said
+    assert node.processes[0].status == ExitStatus(signal="HUP")
+    assert client.received() == []
+    end = audited(audit)[-1]
+    assert (end["status"], end["bytes_in"]) == ("ended: server shutdown", 3)
+
+
+def test_a_command_without_a_terminal_is_not_told_but_gets_the_line_when_stopped(node, audit):
+    live = LiveSessions(node.clock)
+    client = connect(node, audit, ["exec"], live=live)
+    channel = client.open_session()
+    client.request(channel, b"exec", common.NS(b"sleep 60"))
+    (one,) = live
+    assert one.session.door is not None
+    one.session.door.tell("podshell: a line for terminals")
+    assert client.received() == []
+    live.kill(one, "ops", "10.0.0.1:1")
+    assert client.received()[:2] == [
+        ("stderr", b"\r\npodshell: an operator ended this session\r\n"),
+        ("exit-status", struct.pack(">L", 255)),
+    ]
+    assert audited(audit)[-1]["ended_by"] == {"user": "ops", "from": "10.0.0.1:1"}
 
 
 def test_a_client_that_closes_first_hangs_the_process_up(node, audit):

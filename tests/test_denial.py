@@ -21,6 +21,7 @@ def test_the_answers():
         DenialKind.NOT_FOUND: (404, "NotFound"),
         DenialKind.INVALID: (400, "BadRequest"),
         DenialKind.UNAVAILABLE: (503, "ServiceUnavailable"),
+        DenialKind.TOO_MANY: (429, "TooManyRequests"),
     }
 
 

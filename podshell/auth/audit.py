@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from podshell.auth.identity import Identity
+from podshell.core.contracts import Door
 from podshell.core.denial import DenialKind
 from podshell.core.metrics import Metrics
 
@@ -66,6 +67,14 @@ class AuditedSession:
     _ended: bool = False
     _notes: dict[str, Any] = field(default_factory=dict)
     _ending: list[Callable[[], None]] = field(default_factory=list)
+    door: Door | None = None  # how its front door ends it (none: it cannot be ended from outside)
+
+    def serve(self, door: Door) -> None:
+        self.door = door
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     def note(self, **fields: Any) -> None:
         self._notes.update(fields)

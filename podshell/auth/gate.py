@@ -14,7 +14,8 @@ from typing import Protocol
 
 from podshell.auth.audit import AuditLog, Request
 from podshell.auth.identity import Identity
-from podshell.auth.policy import VERBS, Access, Decision, Verb
+from podshell.auth.live import Live, LiveSessions
+from podshell.auth.policy import POD_VERBS, Access, Decision, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Placement, RecordMode
 from podshell.core.denial import DenialKind
@@ -52,6 +53,10 @@ class Decider(Protocol):
         """The line a denied user sees."""
         ...
 
+    def may_ever(self, identity: Identity, verb: Verb) -> bool:
+        """Whether C{identity} may C{verb} anywhere (who may list sessions)."""
+        ...
+
 
 class Denied(Exception):
     """The request may not go on; the message is for the user, C{kind} says
@@ -63,10 +68,13 @@ class Denied(Exception):
 
 
 class Gate:
-    def __init__(self, runtime: Runtime, policy: Decider, audit: AuditLog) -> None:
+    def __init__(self, runtime: Runtime, policy: Decider, audit: AuditLog, live: LiveSessions | None = None) -> None:
+        """@param live: the registry of sessions under way (a server's front
+        doors'; a node agent's gate, behind a gateway's, keeps none)."""
         self.runtime = runtime
         self.policy = policy
         self.audit = audit
+        self.live = live
 
     def _deny(self, request: Request, reason: str, message: str, kind: DenialKind = DenialKind.FORBIDDEN) -> Denied:
         self.audit.denied(request, reason, kind)
@@ -84,7 +92,7 @@ class Gate:
         """
         request = Request(identity, peer, via, verb or "login", text)
         # A login gets a session, never logs: any other verb will do.
-        verbs: list[Verb] = [verb] if verb else [v for v in VERBS if v != "logs"]
+        verbs: list[Verb] = [verb] if verb else [v for v in POD_VERBS if v != "logs"]
         asked = Access(identity, verbs[0], "", "", source=ip_of(peer))
 
         def allowed(ns: str, pod: str, container: str | None) -> bool:
@@ -147,14 +155,54 @@ class Gate:
         decision = self.policy.decide(access)
         if not decision:
             raise self._deny(request, decision.reason, self.policy.message(access))
+        if self.live is not None and (refused := self.live.refusal(identity.name)):
+            message, kind = refused
+            if kind is DenialKind.TOO_MANY and self.audit.metrics is not None:
+                self.audit.metrics.sessions_per_user_hit(via)
+            raise self._deny(request, message, message, kind)
         session = self.audit.session(request, asked, recorded=decision.record is not RecordMode.OFF)
+        if self.live is not None:
+            self.live.add(session, decision.idle_timeout)
         return Grant(handle, session, run_as, decision.record, decision.record_input)
+
+    # Operators: the sessions under way on targets where they may C{admin}.
+    def sessions(self, identity: Identity, peer: str, via: str) -> list[Live]:
+        """@raise Denied: C{identity} may C{admin} nowhere."""
+        live = self._registry(Request(identity, peer, via, "admin", "sessions"))
+        return [one for one in live if self._may_admin(identity, peer, one)]
+
+    def kill(self, identity: Identity, peer: str, via: str, session_id: str) -> Live:
+        """End the session C{session_id} for C{identity}.  @raise Denied."""
+        request = Request(identity, peer, via, "admin", f"session {session_id}")
+        one = self._registry(request).get(session_id)
+        if one is None or not self._may_admin(identity, peer, one):
+            raise self._deny(request, "no such session", f"no session {session_id} you may end", DenialKind.NOT_FOUND)
+        if one.session.door is None:
+            raise self._deny(request, "cannot end", f"session {session_id} cannot be ended", DenialKind.INVALID)
+        self._registry(request).kill(one, identity.name, peer)
+        return one
+
+    def _registry(self, request: Request) -> LiveSessions:
+        """@raise Denied: the identity may C{admin} nowhere (or this gate keeps no registry)."""
+        assert request.identity is not None
+        if self.live is None or not self.policy.may_ever(request.identity, "admin"):
+            raise self._deny(request, "no admin", _no_admin(request.identity))
+        return self.live
+
+    def _may_admin(self, identity: Identity, peer: str, live: Live) -> bool:
+        namespace, pod, *container = live.session.request.target.split("/")
+        there = Access(identity, "admin", namespace, pod, container[0] if container else None, source=ip_of(peer))
+        return bool(self.policy.decide(there))
 
     def _explained(self, error: TargetError) -> str:
         """A pod not found may be on a node we cannot reach now: say so."""
         found = isinstance(error, NoSuchContainer | ContainerNotRunning | LogsUnavailable)
         down = [] if found else self.runtime.unreachable()
         return "; ".join([str(error), *down])
+
+
+def _no_admin(identity: Identity) -> str:
+    return f"{identity.name} may not see or end sessions (no policy rule gives the verb admin)"
 
 
 def _kind(error: TargetError) -> DenialKind:

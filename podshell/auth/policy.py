@@ -20,8 +20,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _PHRASES = {"logs": "read logs"}
 
 
-Verb = Literal["exec", "attach", "port-forward", "logs"]
+Verb = Literal["exec", "attach", "port-forward", "logs", "admin"]
 VERBS: tuple[Verb, ...] = get_args(Verb)
+# What one does in a pod; C{admin} is over other people's sessions there
+# (C{podshell sessions list} and C{kill}): it lets nobody in, nor see a pod.
+POD_VERBS: tuple[Verb, ...] = tuple(v for v in VERBS if v != "admin")
 
 
 class Rule(StrictModel):
@@ -41,6 +44,9 @@ class Rule(StrictModel):
     # Recording the sessions this rule allows (the strictest of the allowing rules wins).
     record: RecordMode = RecordMode.OFF
     record_input: bool = False  # a terminal's keystrokes too: typed passwords are in them
+    # Seconds without a byte either way before the sessions this rule allows
+    # end (the shortest of the allowing rules' and the server's wins).
+    idle_timeout: float | None = Field(default=None, gt=0)
 
     @field_validator("subjects")
     @classmethod
@@ -95,6 +101,7 @@ class Decision:
     reason: str
     record: RecordMode = RecordMode.OFF
     record_input: bool = False
+    idle_timeout: float | None = None  # the allowing rules' shortest, if any has one
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -117,8 +124,8 @@ class CompiledRule:
         r = self.rule
         if not (access.identity.subjects & set(r.subjects)):
             return False
-        if "*" not in r.verbs and access.verb not in r.verbs:
-            return False
+        if access.verb not in r.verbs and not ("*" in r.verbs and (access.verb != "admin" or r.effect == "deny")):
+            return False  # admin is named, never in an allowing "*"
         if not (_any(r.namespaces, access.namespace) and _any(r.pods, access.pod)):
             return False
         if access.container is not None and not _any(r.containers, access.container):
@@ -164,6 +171,7 @@ class Policy:
     def decide(self, access: Access) -> Decision:
         allowed_by = None
         record, record_input = RecordMode.OFF, False
+        idle: float | None = None
         for compiled in self._rules:
             if compiled.matches(access):
                 if compiled.rule.effect == "deny":
@@ -171,9 +179,19 @@ class Policy:
                 allowed_by = allowed_by if allowed_by is not None else compiled.index
                 record = max(record, compiled.rule.record, key=_STRICTNESS.index)
                 record_input = record_input or compiled.rule.record_input
+                if compiled.rule.idle_timeout is not None:
+                    idle = min(idle or compiled.rule.idle_timeout, compiled.rule.idle_timeout)
         if allowed_by is None:
             return Decision(False, "no policy rule allows it")
-        return Decision(True, f"allowed by policy[{allowed_by}]", record, record_input)
+        return Decision(True, f"allowed by policy[{allowed_by}]", record, record_input, idle)
+
+    def may_ever(self, identity: Identity, verb: Verb) -> bool:
+        """Whether a rule names C{verb} for C{identity} (anywhere): who may
+        ask for a list of sessions at all; each one is decided on its own."""
+        return any(
+            identity.subjects & set(c.rule.subjects) and c.rule.effect == "allow" and verb in c.rule.verbs
+            for c in self._rules
+        )
 
     def message(self, access: Access) -> str:
         """The line a denied user sees."""

@@ -54,9 +54,16 @@ class API:
     def get(self, path: str, query: dict[str, Any] | None = None, accept: str = "application/json") -> Any:
         """GET a JSON resource; errors become one line."""
         target = path + ("?" + urlencode(query, doseq=True) if query else "")
+        return self._call("GET", target, accept)
+
+    def delete(self, path: str) -> Any:
+        """DELETE a resource; the answer's JSON, or the error as one line."""
+        return self._call("DELETE", path)
+
+    def _call(self, method: str, target: str, accept: str = "application/json") -> Any:
         sock = self.connect()
         try:
-            status, body = self._exchange(sock, "GET", target, [("Accept", accept)])
+            status, body = self._exchange(sock, method, target, [("Accept", accept)])
         finally:
             sock.close()
         if status != 200:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,20 @@ def _get_pods(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(pods.render(table, args.all_namespaces, args.output == "wide"))
     return 0
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    from podshell.cli import sessions
+
+    return sessions.list_sessions(_api(args), args.output)
+
+
+def _sessions_kill(args: argparse.Namespace) -> int:
+    from podshell.cli import sessions
+
+    if not re.fullmatch(r"[0-9a-f]{32}", args.id):
+        raise CLIError(f"{args.id!r} is not a session id (32 hex digits, from podshell sessions list)")
+    return sessions.kill(_api(args), args.id)
 
 
 def _login(args: argparse.Namespace) -> int:
@@ -242,6 +257,29 @@ def parser(server_commands: Callable[[Any], None] | None = None) -> argparse.Arg
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     pods.add_argument("-o", "--output", choices=["wide", "json"], help="more columns, or the Pod objects")
     pods.set_defaults(run=_get_pods)
+
+    live = commands.add_parser(
+        "sessions", help="list and end the sessions under way (operators)",
+        description="List and end the sessions under way: where the policy gives you the verb admin.",
+        epilog="examples:\n  podshell sessions list\n  podshell sessions list -o json\n"
+        "  podshell sessions kill 3f2c0a9e8d7b4c1f9e0a6b5d4c3b2a19",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    live_commands = live.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
+    listing = _connection_command(
+        live_commands, "list", "list the sessions under way: who, from where, what, since when, bytes",
+        "examples:\n  podshell sessions list\n  podshell sessions list -o json\n\n"
+        "IN is bytes into the pod, OUT out of it; IDLE is since the last byte either way.", aliases=["ls"],
+    )  # fmt: skip
+    listing.add_argument("-o", "--output", choices=["json"], help="the sessions as JSON")
+    listing.set_defaults(run=_sessions_list)
+    ending = _connection_command(
+        live_commands, "kill", "end a session: its user is told an operator ended it",
+        "examples:\n  podshell sessions kill 3f2c0a9e8d7b4c1f9e0a6b5d4c3b2a19\n\n"
+        "The audit log's record of its end names you.",
+    )  # fmt: skip
+    ending.add_argument("id", metavar="ID", help="the session's id, from podshell sessions list")
+    ending.set_defaults(run=_sessions_kill)
 
     login = _connection_command(
         commands, "login", "save a server and token for the other commands",

@@ -76,6 +76,22 @@ class Asked(Protocol):
     def peer(self) -> str: ...
 
 
+class Door(Protocol):
+    """How a front door serves one live session, for the registry of live
+    sessions (L{podshell.auth.live}): what it moved, and how to end it."""
+
+    def moved(self) -> tuple[int, int]:
+        """Bytes so far: into the pod, out of it."""
+        ...
+
+    def tell(self, line: str) -> None:
+        """Show C{line} on the session's terminal; nothing if it has none."""
+
+    def stop(self, line: str, status: str) -> None:
+        """End the session now: C{line} to its user (on a terminal or
+        stderr, where the front door has one), C{status} in the audit log."""
+
+
 class Session(Protocol):
     """An audited session (L{podshell.auth.audit.AuditedSession})."""
 
@@ -90,6 +106,9 @@ class Session(Protocol):
 
     def on_end(self, callback: Callable[[], None]) -> None:
         """Call C{callback} as the session ends, before its end is recorded."""
+
+    def serve(self, door: Door) -> None:
+        """The front door says how to end the session and what it moved."""
 
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None: ...
 

@@ -17,7 +17,8 @@ class DenialKind(Enum):
     FORBIDDEN = "forbidden"  # the policy says no (or the pod is not to be told of)
     NOT_FOUND = "not-found"  # no such pod
     INVALID = "invalid"  # a malformed name or an unknown container
-    UNAVAILABLE = "unavailable"  # there, but not running now
+    UNAVAILABLE = "unavailable"  # there, but not running now (or the server is shutting down)
+    TOO_MANY = "too-many"  # a limit of the requester's (sessions per user)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def answer(kind: DenialKind) -> Answer:
             return Answer(400, "BadRequest", lasting=True)
         case DenialKind.UNAVAILABLE:
             return Answer(503, "ServiceUnavailable", lasting=False)
+        case DenialKind.TOO_MANY:
+            return Answer(429, "TooManyRequests", lasting=False)
         case _:
             assert_never(kind)
 

@@ -43,9 +43,12 @@ class Outcome(StrEnum):
     ERROR = "error"  # a non-zero exit code or a signal
     FAILED = "failed"  # podshell could not run it (the status says why)
     GONE = "gone"  # the client hung up or went away first
+    ENDED = "ended"  # podshell ended it: a timeout, an operator, a shutdown
 
     @classmethod
     def of(cls, status: str) -> Outcome:
+        if status.startswith("ended"):
+            return cls.ENDED
         if status.startswith("failed"):
             return cls.FAILED
         if status in ("hung up", "client went away") or status.startswith("refused by the client"):
@@ -72,6 +75,7 @@ class SSHLimit(StrEnum):
     GRACE_TIME = "login_grace_time"  # dropped: not logged in within the grace time
     MAX_CHANNELS = "max_channels"  # a channel open refused: the connection has its share
     KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no keepalive
+    MAX_SESSIONS_PER_USER = "max_sessions_per_user"  # a session refused: its user has the cap open
 
 
 class APILimit(StrEnum):
@@ -80,6 +84,7 @@ class APILimit(StrEnum):
     KEEPALIVE = "keepalive_count_max"  # dropped: the client answered no ping
     MAX_STREAMS = "max_streams"  # a SPDY stream refused (RST_STREAM REFUSED_STREAM)
     MAX_FORWARD_CONNECTIONS = "max_forward_connections"  # a port-forward's connection refused
+    MAX_SESSIONS_PER_USER = "max_sessions_per_user"  # a stream refused: its user has the cap open
 
 
 # Session start: the gate's name -> policy -> placement, up to the session's audit record.
@@ -211,6 +216,14 @@ class Metrics:
 
     def api_limit_hit(self, limit: APILimit) -> None:
         self.api_limits.labels(limit).inc()
+
+    def sessions_per_user_hit(self, via: str) -> None:
+        """The per-user session cap refused one, counted with its front door's limits."""
+        door = FrontDoor.of(via)
+        if door is FrontDoor.SSH:
+            self.ssh_limit_hit(SSHLimit.MAX_SESSIONS_PER_USER)
+        elif door is FrontDoor.API:
+            self.api_limit_hit(APILimit.MAX_SESSIONS_PER_USER)
 
     def pods_listed(self, node: str, seconds: float) -> None:
         self.node_list.labels(node).observe(seconds)

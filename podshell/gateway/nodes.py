@@ -250,6 +250,19 @@ class _SpliceClient(Protocol):
         self.transport.pauseProducing()  # type: ignore[union-attr]  # until the node answers
         d = self.node.endpointForURI().connect(_Once(_SpliceNode(self)))
         d.addErrback(self._unreachable)
+        self.grant.session.serve(self)
+
+    # Door: spliced bytes are opaque here; ending it closes both connections.
+    def moved(self) -> tuple[int, int]:
+        return self.bytes_in, self.bytes_out
+
+    def tell(self, line: str) -> None:
+        """No line can be put into a spliced stream."""
+
+    def stop(self, line: str, status: str) -> None:
+        self.grant.session.end(status, self.bytes_in, self.bytes_out)
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _unreachable(self, failure: Failure) -> None:
         message = self.node.why(failure)

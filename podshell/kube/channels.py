@@ -91,6 +91,7 @@ class ChannelPortForward:
         self.ws = ws
         self.valve = Valve(ws.tcp)
         ws.tcp.registerProducer(self.fanout, True)
+        self.audit.serve(self)
         for i, port in enumerate(self.ports):
             for channel in (2 * i, 2 * i + 1):
                 ws.send(channels.encode(channel, channels.port_prefix(port), self.b64))
@@ -131,10 +132,21 @@ class ChannelPortForward:
             self.backends[i].write(data)
 
     def closed(self) -> None:
-        moved = [(b.bytes_in, b.bytes_out) for b in self.backends.values()]
         for backend in self.backends.values():
             backend.tcp.loseConnection()
-        self.audit.end("closed", sum(m[0] for m in moved), sum(m[1] for m in moved))
+        self.audit.end("closed", *self.moved())
+
+    # Door: ending a forward closes its WebSocket and connections.
+    def moved(self) -> tuple[int, int]:
+        return sum(b.bytes_in for b in self.backends.values()), sum(b.bytes_out for b in self.backends.values())
+
+    def tell(self, line: str) -> None:
+        """A forward has no terminal."""
+
+    def stop(self, line: str, status: str) -> None:
+        self.audit.end(status, *self.moved())
+        if self.ws is not None:
+            self.ws.close(1000, line)
 
     def send(self, channel: int, data: bytes) -> None:
         if self.ws is not None:

@@ -61,6 +61,7 @@ class CommandSession:
         sink.registerProducer(self.target, True)
         if self.ended:
             return
+        self.audit.serve(self)
         if self.command is not None and not self.options.stdin:  # not an attachment: its stdin is the container's
             self.target.closeStdin()
         else:
@@ -117,12 +118,23 @@ class CommandSession:
         """End the session with an error the client shows (e.g. a container
         that went away, streams that never came, a resize stream we cannot
         read); a target still running is hung up, as when the client goes."""
+        self.stop(message, f"failed: {message}")
+
+    # Door: the registry of live sessions ends it (an operator, a timeout, a shutdown).
+    def moved(self) -> tuple[int, int]:
+        return (self.target.bytes_in, self.target.bytes_out) if self.target is not None else (0, 0)
+
+    def tell(self, line: str) -> None:
+        if self.options.tty and not self.ended:
+            self.output.send(rc.STDOUT, f"\r\n{line}\r\n".encode())
+
+    def stop(self, line: str, status: str) -> None:
+        """The client shows C{line} as the error the session ended with."""
         if self.ended:
             return
         self.ended = True
         if self.target is not None and self.target.status is None:
             self.target.hangup()
-        moved = (self.target.bytes_in, self.target.bytes_out) if self.target is not None else (0, 0)
-        self.audit.end(f"failed: {message}", *moved)
-        self.output.send(rc.ERROR, rc.internal_error(message, self.protocol))
+        self.audit.end(status, *self.moved())
+        self.output.send(rc.ERROR, rc.internal_error(line, self.protocol))
         self.output.finish()

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory, ITransport
 
 from podshell.auth.gate import Denied, Gate, Resolve
 from podshell.auth.identity import OnBehalf
-from podshell.auth.policy import VERBS, Access, Verb
+from podshell.auth.policy import POD_VERBS, Access, Verb
 from podshell.core.addresses import ip_of
 from podshell.core.contracts import Grant, Nodes, Placement, ProcessRequest, RecordMode
 from podshell.core.denial import answer
@@ -45,6 +45,8 @@ from podshell.protocols.remotecommand import StreamOptions
 _POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward|log))?$")
 _NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
 _PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
+# podshell's own: the sessions under way, for operators (verb admin).
+_SESSIONS = re.compile(r"^/podshell/v1/sessions(?:/(?P<id>[0-9a-f]{32}))?$")
 # How long exec output waits after the upgrade for clients that read before
 # they are ready for it (L{_reads_before_its_streams}).
 STREAMS_NOT_READY_HOLD = 0.02
@@ -79,6 +81,8 @@ class KubeAPI:
         self.port_protocols = ([rc.PORT] if agent else []) + rc.WEBSOCKET_PORT_FORWARD
 
     def route(self, method: str, path: str) -> Handler | None:
+        if (m := _SESSIONS.match(path)) and not self.agent:
+            return self._sessions_route(method, m["id"])
         if method not in ("GET", "POST"):
             return None
         fixed: dict[str, Callable[[Request], tuple[int, Any]]] = {
@@ -106,6 +110,29 @@ class KubeAPI:
             verb: Verb = "exec" if sub == "exec" else "attach"  # all the pattern leaves
             return lambda r: self.command(r, ns, pod, verb)
         return None
+
+    # Sessions under way: listed and ended by whoever may admin where they are.
+    def _sessions_route(self, method: str, session_id: str | None) -> Handler | None:
+        if session_id is None:
+            return self.list_sessions if method == "GET" else None
+        return (lambda r: self.kill_session(r, session_id)) if method == "DELETE" else None
+
+    def list_sessions(self, request: Request) -> tuple[int, Any]:
+        now = self.reactor.seconds()
+        found = self._as_operator(lambda: self.gate.sessions(request.identity, request.peer, "api"))
+        items = sorted((live.fields(now) for live in found), key=lambda f: f["start"])
+        return 200, {"kind": "SessionList", "apiVersion": "podshell/v1", "items": items}
+
+    def kill_session(self, request: Request, session_id: str) -> tuple[int, Any]:
+        live = self._as_operator(lambda: self.gate.kill(request.identity, request.peer, "api", session_id))
+        return 200, {"kind": "Session", "apiVersion": "podshell/v1", **live.fields(self.reactor.seconds())}
+
+    def _as_operator(self, act: Callable[[], Any]) -> Any:
+        try:
+            return act()
+        except Denied as e:
+            said = answer(e.kind)
+            raise HTTPError(said.status, said.reason, str(e)) from None
 
     # Pods: visible to whoever may use them.
     def _visible(self, request: Request, pod: dict[str, Any]) -> bool:
@@ -150,8 +177,8 @@ class KubeAPI:
         raise HTTPError(404, "NotFound", f'namespaces "{name}" not found', details={"name": name, "kind": "namespaces"})
 
     def _may_know(self, request: Request, namespace: str, name: str) -> bool:
-        access = Access(request.identity, VERBS[0], namespace, name, source=ip_of(request.peer))
-        return any(self.gate.policy.decide(replace(access, verb=verb)) for verb in VERBS)
+        access = Access(request.identity, POD_VERBS[0], namespace, name, source=ip_of(request.peer))
+        return any(self.gate.policy.decide(replace(access, verb=verb)) for verb in POD_VERBS)
 
     # Streaming: exec, attach, port-forward, over WebSocket or SPDY.
     def command(self, request: Request, namespace: str, name: str, verb: Verb) -> Upgrade:

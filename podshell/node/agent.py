@@ -15,7 +15,7 @@ import h11
 from twisted.internet.interfaces import ITransport
 
 from podshell.auth.identity import Identity, OnBehalf
-from podshell.auth.policy import Access, Decision
+from podshell.auth.policy import Access, Decision, Verb
 from podshell.kube.front import Authenticate, HTTPError
 from podshell.pki.cluster_ca import describe
 
@@ -55,3 +55,6 @@ class TrustGateway:
 
     def message(self, access: Access) -> str:
         return f"{access.identity.name} may not {access.verb} in {access.namespace}/{access.pod}"
+
+    def may_ever(self, identity: Identity, verb: Verb) -> bool:
+        return False  # operators list and end sessions at the gateway

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from podshell.auth.identity import NAME_PATTERN, User
+from podshell.auth.live import Limits
 from podshell.auth.policy import VERBS, Rule
 from podshell.auth.recording import Retention
 from podshell.core.keepalive import KeepaliveSettings
@@ -112,6 +113,34 @@ class MetricsConfig(Listener):
     """Prometheus' /metrics, and /healthz and /readyz, on a listener of their own."""
 
     listen: str = Field(default="tcp:9100:interface=127.0.0.1", min_length=1, description="a Twisted endpoint string")
+
+
+class SessionsConfig(StrictModel):
+    """Every session's limits, whatever its front door (a gateway's, or the
+    embedded server's: a node agent serves its gateways' sessions)."""
+
+    idle_timeout: float | None = Field(
+        default=4 * 3600,
+        gt=0,
+        description="seconds without a byte either way before a session ends (a terminal is warned a minute "
+        "before); a policy rule's idle_timeout may be shorter; null: none",
+    )
+    max_duration: float | None = Field(default=None, gt=0, description="seconds a session may last; null: no limit")
+    max_per_user: int | None = Field(
+        default=None,
+        ge=1,
+        description="sessions (shells, commands, forwarded connections, log streams) one user may have open; "
+        "null: no limit",
+    )
+    shutdown_grace: float = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="seconds sessions may go on after SIGTERM before they are ended (none open: exit at once)",
+    )
+
+    def limits(self) -> Limits:
+        return Limits(self.idle_timeout, self.max_duration, self.max_per_user)
 
 
 class LogLimits(StrictModel):
@@ -297,6 +326,7 @@ class Config(StrictModel):
     policy: list[Rule] = []
     runtime: RuntimeConfig = RuntimeConfig()
     audit: AuditConfig = AuditConfig()
+    sessions: SessionsConfig = SessionsConfig()
     recordings: RecordingsConfig = RecordingsConfig()
     metrics: MetricsConfig | None = Field(default=None, description="absent: no metrics listener")
     tls: TLSFiles | None = None
@@ -313,7 +343,7 @@ class Config(StrictModel):
         if self.role == "node":
             if self.node is None:
                 raise ValueError("node: a node agent needs node: {name: ..., listen: ...}")
-            for door in ("ssh", "api", "users", "policy", "nodes", "inventory", "recordings"):
+            for door in ("ssh", "api", "users", "policy", "nodes", "inventory", "recordings", "sessions"):
                 if door in given:
                     raise ValueError(f"{door}: a node agent has no front doors; gateways hold {door}")
         elif "node" in given and self.role == "gateway":

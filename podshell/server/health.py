@@ -37,10 +37,12 @@ class Readiness:
     runtime: Watched | None = None
     nodes: Callable[[], Sequence[tuple[str, Watched]]] | None = None  # a gateway's node agents
     inventory: Watched | None = None  # where a gateway learns of them (the API server)
+    stopping: Callable[[], bool] = lambda: False  # SIGTERM came: the sessions' grace
 
     def reasons(self) -> list[str]:
         """Why it is not ready; empty when it is."""
-        out = [f"{x.what} is not listening on {x.description!r}" for x in self.listeners if x.port is None]
+        out = ["shutting down: taking no new sessions"] if self.stopping() else []
+        out += [f"{x.what} is not listening on {x.description!r}" for x in self.listeners if x.port is None]
         if self.runtime is not None and self.runtime.problem:
             out.append(f"runtime: {self.runtime.problem}")
         if self.inventory is not None and self.inventory.problem:

@@ -30,7 +30,8 @@ from twisted.python.failure import Failure
 from podshell.auth.audit import AuditLog
 from podshell.auth.gate import Gate
 from podshell.auth.identity import Directory
-from podshell.auth.policy import VERBS, Policy
+from podshell.auth.live import LiveSessions
+from podshell.auth.policy import POD_VERBS, Policy
 from podshell.auth.recording import Recorder, prune
 from podshell.core import kubeconfig
 from podshell.core.addresses import host_port
@@ -58,6 +59,7 @@ from podshell.server.config import Config, RuntimeKind, holds_manifests, load_co
 from podshell.server.health import Readiness, site
 from podshell.server.heap import keep_buffers_on_the_heap
 from podshell.server.reload import Reloader, ReloadOnHangup
+from podshell.server.shutdown import Graceful
 
 log = Logger()
 
@@ -292,8 +294,10 @@ class Listening(Service):
             self.reactor.stop()
 
     def stopService(self) -> Deferred | None:
+        """Once (a graceful shutdown stops the front doors first)."""
         super().stopService()
-        return self.port.stopListening() if self.port is not None else None
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
 
 
 def _how_to_get_in(cluster: Cluster) -> Callable[[str], None]:
@@ -346,7 +350,8 @@ def makeService(options: Options) -> MultiService:
     loaded: Loaded = options.loaded
     config = loaded.config
     keep_buffers_on_the_heap()
-    top = MultiService()
+    live = LiveSessions(reactor, config.sessions.limits())
+    top = Graceful(live, config.sessions.shutdown_grace)
     audit_path = (
         resolve_path(loaded.state_dir, config.audit.path) if config.audit.path else loaded.state_dir / "audit.jsonl"
     )
@@ -385,19 +390,21 @@ def makeService(options: Options) -> MultiService:
         agent.setServiceParent(top)
         listeners.append(agent)
     else:
-        doors = _front_doors(reactor, loaded, cluster, audit, metrics)
+        doors = _front_doors(reactor, loaded, cluster, Gate(cluster, loaded.policy, audit, live), metrics)
         doors.setServiceParent(top)
+        top.doors = doors
         listeners += [s for s in doors if isinstance(s, Listening)]
     if config.role == "node":
-        metrics.expect([FrontDoor.GATEWAY], VERBS)
+        metrics.expect([FrontDoor.GATEWAY], POD_VERBS)
     else:
-        metrics.expect([FrontDoor.SSH, *([FrontDoor.API] if config.api is not None else [])], VERBS)
+        metrics.expect([FrontDoor.SSH, *([FrontDoor.API] if config.api is not None else [])], POD_VERBS)
     if config.metrics is not None:
         readiness = Readiness(
             listeners,
             runtime,
             (lambda: [(r.name, r) for r in cluster.nodes.values()]) if config.role == "gateway" else None,
             inventory,
+            lambda: live.shutting_down,
         )
         factory = site(metrics, readiness)
         Listening(reactor, config.metrics.listen, "metrics", factory, lambda address: None).setServiceParent(top)
@@ -460,7 +467,8 @@ def _recorder(reactor, loaded: Loaded, audit: AuditLog, top: MultiService) -> Re
             log.info("recordings: removed {n} past retention", n=len(removed))
 
     TimerService(600, retain).setServiceParent(top)
-    reactor.addSystemEventTrigger("before", "shutdown", recorder.close)
+    # After the services' stop, whose grace lets sessions (and their recordings) end.
+    reactor.addSystemEventTrigger("during", "shutdown", recorder.close)
     return recorder
 
 
@@ -524,12 +532,11 @@ def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> L
     return Listening(reactor, loaded.config.node.listen, "node agent", factory, lambda address: None)
 
 
-def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, metrics: Metrics) -> MultiService:
+def _front_doors(reactor, loaded: Loaded, cluster: Cluster, gate: Gate, metrics: Metrics) -> MultiService:
     """SSH and the Kubernetes API, in front of the cluster's nodes.
     Listeners come first: if a port is taken, stop before any pod starts."""
     config = loaded.config
     doors = MultiService()
-    gate = Gate(cluster, loaded.policy, audit)
     limits = StartupLimits(config.ssh.startups, config.ssh.per_source_max_startups, config.ssh.login_grace_time)
     ssh = make_factory(
         config.ssh.accept_env,

@@ -178,6 +178,19 @@ class StreamChannel(PodChannel):
     def channelOpen(self, specificData: bytes) -> None:
         self.pipe.attach(self)
         self.sourceStarted()
+        self.audit.serve(self)
+
+    # Door: a forwarded connection has no terminal; stopping it closes both sides.
+    def moved(self) -> tuple[int, int]:
+        return self.bytes_in, self.bytes_out
+
+    def tell(self, line: str) -> None:
+        """A forwarded connection has nobody to read a line."""
+
+    def stop(self, line: str, status: str) -> None:
+        self.audit.end(status, self.bytes_in, self.bytes_out)
+        self.pipe.tcp.loseConnection()
+        self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from podshell.gateway.ssh.avatar import PodUser
 
 # What a login shell is in a container we know nothing about: bash if it has it.
+# The exit status of a session podshell ended (an operator, a timeout, a
+# shutdown): sshd's for a session it could not go on with.
+ENDED_CODE = 255
 LOGIN_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
 
 
@@ -37,6 +40,7 @@ class SessionChannel(PodChannel):
         self.process: Process | None = None
         self.audit: Session | None = None
         self._eofBeforeStart = False
+        self._exited = False  # its exit status is sent (after a stop, the process's own is not)
 
     @property
     def user(self) -> PodUser:
@@ -120,11 +124,29 @@ class SessionChannel(PodChannel):
             granted.session.end(f"failed: {e}")
             self._refuse(str(e))
             return 1
+        granted.session.serve(self)
         self.process.registerProducer(self, True)
         self.sourceStarted()
         if self._eofBeforeStart:
             self.process.closeStdin()
         return 1
+
+    # Door: the registry of live sessions ends it (an operator, a timeout, a shutdown).
+    def moved(self) -> tuple[int, int]:
+        return (self.process.bytes_in, self.process.bytes_out) if self.process is not None else (0, 0)
+
+    def tell(self, line: str) -> None:
+        if self.term is not None and not self._exited:
+            self.write(f"\r\n{line}\r\n".encode())
+
+    def stop(self, line: str, status: str) -> None:
+        if self.audit is None or self.process is None or self._exited:
+            return
+        self.audit.end(status, *self.moved())
+        if self.process.status is None:
+            self.process.hangup()
+        self.writeExtended(connection.EXTENDED_DATA_STDERR, f"\r\n{line}\r\n".encode())
+        self._exit(ExitStatus(code=ENDED_CODE))
 
     def _refuse(self, message: str) -> None:
         """Tell the user on stderr, end with status 1, like a command that failed."""
@@ -153,10 +175,12 @@ class SessionChannel(PodChannel):
 
     # ProcessSink.
     def outReceived(self, data: bytes) -> None:
-        self.write(data)
+        if not self._exited:  # after a stop, what the hung-up process still says goes nowhere
+            self.write(data)
 
     def errReceived(self, data: bytes) -> None:
-        self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
+        if not self._exited:
+            self.writeExtended(connection.EXTENDED_DATA_STDERR, data)
 
     def processEnded(self, status: ExitStatus) -> None:
         if self.audit is not None and self.process is not None:
@@ -164,8 +188,9 @@ class SessionChannel(PodChannel):
         self._exit(status)
 
     def _exit(self, status: ExitStatus) -> None:
-        if self.conn is None or self not in self.conn.channelsToRemoteChannel:
+        if self.conn is None or self not in self.conn.channelsToRemoteChannel or self._exited:
             return
+        self._exited = True
         if status.signal is not None:
             payload = common.NS(status.signal.encode()) + b"\0" + common.NS(b"") + common.NS(b"")
             self.connection.sendRequest(self, b"exit-signal", payload)
