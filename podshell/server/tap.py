@@ -37,10 +37,12 @@ from podshell.core.addresses import host_port
 from podshell.core.contracts import Node
 from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
+from podshell.gateway.kubernetes.client import APIServer, Credentials
+from podshell.gateway.kubernetes.reviews import ClusterReviews
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.server import StartupLimits, make_factory
-from podshell.kube.front import APIFactory, by_credentials
+from podshell.kube.front import APIFactory, AskElsewhere, by_credentials
 from podshell.kube.resources import KubeAPI
 from podshell.node.agent import TrustGateway, gateway_requests
 from podshell.node.inprocess import LocalNode
@@ -75,6 +77,7 @@ class Loaded:
     pods: list[Pod]
     embedded: bool = False
     identity: ClusterIdentity | None = None  # in the cluster PKI (gateway, node)
+    kubernetes: Credentials | None = None  # to ask the cluster's API server who people are
 
 
 def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
@@ -110,6 +113,16 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
             identity = ClusterIdentity.load(*paths, role=config.role)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+    kubernetes = None
+    if config.kubernetes_auth is not None:
+        kubeconfig = config.kubernetes_auth.kubeconfig
+        try:
+            if kubeconfig is None:
+                kubernetes = Credentials.in_cluster(key="kubernetes_auth")
+            else:
+                kubernetes = Credentials.from_kubeconfig(resolve_path(base, kubeconfig), key="kubernetes_auth")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return Loaded(
         config,
         source,
@@ -119,6 +132,7 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
         pods,
         config_file is None,
         identity,
+        kubernetes,
     )
 
 
@@ -484,6 +498,20 @@ def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> L
     return Listening(reactor, loaded.config.node.listen, "node agent", factory, lambda address: None)
 
 
+def _cluster_reviews(reactor, loaded: Loaded) -> AskElsewhere | None:
+    """Who the cluster says a token is, and what RBAC lets them do (kubernetes_auth)."""
+    settings = loaded.config.kubernetes_auth
+    if settings is None or loaded.kubernetes is None:
+        return None
+    try:
+        server = APIServer(reactor, loaded.kubernetes, key="kubernetes_auth")
+    except ConfigError as e:
+        raise ConfigError(f"{loaded.source}: {e}") from None
+    log.info("people from the cluster: tokens and rights checked with {server}", server=server.server)
+    reviews = ClusterReviews(server, reactor, settings.allowed_ttl, settings.denied_ttl, settings.cache_size)
+    return reviews.check
+
+
 def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, metrics: Metrics) -> MultiService:
     """SSH and the Kubernetes API, in front of the cluster's nodes.
     Listeners come first: if a port is taken, stop before any pod starts."""
@@ -507,7 +535,8 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog, met
     ssh_door.setServiceParent(doors)
     if config.api is not None:
         api = KubeAPI(gate, cluster, reactor, limits=config.api.stream_limits(metrics.api_limit_hit))
-        factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))
+        authenticate = by_credentials(loaded.directory, metrics, _cluster_reviews(reactor, loaded))
+        factory: IProtocolFactory = APIFactory(api.route, authenticate)
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"
         ca = StateCA(loaded.state_dir)
