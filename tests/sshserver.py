@@ -45,11 +45,12 @@ class PodshellServer:
         metrics: str | None = None,
         twistd_options: list[str] | None = None,
         ssh: dict | None = None,
+        extra: dict | None = None,
     ) -> None:
         """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
         C{twistd_options}: twistd's own, before the plugin's name;
         C{runtime}: the runtime section instead of the local one running C{pods};
-        C{metrics}: the metrics listener's endpoint; C{ssh}: more of the ssh section."""
+        C{metrics}: the metrics listener's endpoint; C{ssh}: more of the ssh section; C{extra}: more top-level sections."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -69,6 +70,7 @@ class PodshellServer:
         if ciphers:
             config["ssh"]["ciphers"] = ciphers
         config["ssh"].update(ssh or {})
+        config.update(extra or {})
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         argv = [*(wrap or []), TWISTD, "-n", "--pidfile=", *(twistd_options or []), "podshell"]

@@ -96,3 +96,49 @@ class Reviews(Resource):
             r.allows(spec.user, spec.groups or [], asked.verb, resource, asked.namespace or "") for r in self.rules
         )
         return V1SubjectAccessReviewStatus(allowed=allowed, reason="allowed by a test rule" if allowed else "")
+
+
+class _Counts(Resource):
+    """How many reviews were asked, for a test in another process."""
+
+    isLeaf = True
+
+    def __init__(self, reviews: Reviews) -> None:
+        super().__init__()
+        self.reviews = reviews
+
+    def render_GET(self, request: Request) -> bytes:
+        return json.dumps(self.reviews.counts).encode()
+
+
+def main() -> None:
+    """C{python -m tests.support.kubereviews PORT DIR SETTINGS.json}: serve the
+    reviews over TLS on 127.0.0.1:PORT with a certificate whose CA is
+    written to DIR/ca.crt; C{GET /counts} says how many were asked."""
+    import sys
+    from pathlib import Path
+
+    from OpenSSL import crypto
+    from twisted.internet import reactor, ssl
+    from twisted.web.server import Site
+
+    from podshell.pki.state_ca import issue, make_ca
+
+    port, where, settings = int(sys.argv[1]), sys.argv[2], json.loads(Path(sys.argv[3]).read_text())
+    ca = make_ca("in-test API server CA")
+    leaf = issue(ca, "kube-apiserver", server_names=["127.0.0.1"])
+    with open(f"{where}/ca.crt", "wb") as f:
+        f.write(ca.cert_pem)
+    reviews = Reviews({t: (u, g) for t, (u, g) in settings["tokens"].items()}, [Rule(**r) for r in settings["rules"]])
+    reviews.putChild(b"counts", _Counts(reviews))
+    options = ssl.CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(leaf.key),
+        certificate=crypto.X509.from_cryptography(leaf.cert),
+    )
+    reactor.listenSSL(port, Site(reviews), options, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print("listening", flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()
