@@ -46,12 +46,13 @@ class PodshellServer:
         twistd_options: list[str] | None = None,
         ssh: dict | None = None,
         sessions: dict | None = None,
+        extra: dict | None = None,
     ) -> None:
         """C{wrap}: an argv prefix that execs the rest in place (the pid stays twistd's);
         C{twistd_options}: twistd's own, before the plugin's name;
         C{runtime}: the runtime section instead of the local one running C{pods};
         C{metrics}: the metrics listener's endpoint; C{ssh}: more of the ssh section;
-        C{sessions}: the sessions section."""
+        C{sessions}: the sessions section; C{extra}: more top-level sections."""
         self.root = root
         self.port = free_port()
         (root / "pods.yaml").write_text(yaml.safe_dump_all(pods))
@@ -73,6 +74,7 @@ class PodshellServer:
         config["ssh"].update(ssh or {})
         # A test's server stops at once even with a session left open (the default grace is 30 s).
         config["sessions"] = {"shutdown_grace": 0.5, **(sessions or {})}
+        config.update(extra or {})
         (root / "podshell.yaml").write_text(yaml.safe_dump(config))
         self.log = root / "twistd.log"
         argv = [*(wrap or []), TWISTD, "-n", "--pidfile=", *(twistd_options or []), "podshell"]

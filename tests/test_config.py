@@ -122,6 +122,10 @@ BAD = [
         "ca.crt does not exist: make the cluster PKI with podshell ca init --dir ",
     ),
     ("state_dir: [1\n", None, "podshell.yaml:2:1: invalid YAML"),
+    ("kubernetes_auth: {}\n", None, "kubernetes_auth: checks people at the API front door; give api:"),
+    (GOOD + "kubernetes_auth: {denied_ttl: -1}\n", None, "kubernetes_auth.denied_ttl: Input should be greater than"),
+    (GOOD + "kubernetes_auth: {kubeconfig: gone.kubeconfig}\n", None, "kubernetes_auth.kubeconfig: cannot read "),
+    (NODE + "kubernetes_auth: {}\n", None, "kubernetes_auth: a node agent has no front doors"),
     ("ssh: {keepalive_count_max: 0}\n", None, "ssh.keepalive_count_max: Input should be greater than or equal to 1"),
     ("ssh: {max_channels: 0}\n", None, "ssh.max_channels: Input should be greater than or equal to 1"),
     ("sessions: {max_per_user: 0}\n", None, "sessions.max_per_user: Input should be greater than or equal to 1"),
@@ -214,6 +218,17 @@ def test_bad_configuration_is_one_clear_line_each(write, config, pods, message):
     assert "\n" not in text
     assert text.startswith(str(path.rsplit("/", 1)[0])), text
     assert message in text, text
+
+
+def test_with_kubernetes_auth_the_policy_names_the_clusters_people(write, tmp_path):
+    (tmp_path / "gw.kubeconfig").write_text(
+        "current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        "clusters: [{name: k, cluster: {server: 'https://10.0.0.9:6443'}}]\nusers: [{name: u, user: {token: t}}]\n"
+    )
+    config = replace('"user:bob"]', '"user:carol"]') + "kubernetes_auth: {kubeconfig: gw.kubeconfig}\n"
+    loaded = load(write(config, PODS))
+    assert loaded.kubernetes is not None and loaded.kubernetes.server == "https://10.0.0.9:6443"
+    assert loaded.config.kubernetes_auth is not None and loaded.config.kubernetes_auth.cache_size == 4096
 
 
 def test_the_embedded_token_is_kept_private_and_reads_as_a_value(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -49,14 +50,17 @@ class HTTPError(Exception):
         self.details = details
 
 
+def path_of(event: h11.Request) -> str:
+    return unquote(urlsplit(event.target.decode("ascii", errors="replace")).path)
+
+
 class Request:
     """What a handler needs to know about one request."""
 
     def __init__(self, event: h11.Request, identity: Identity, peer: str) -> None:
         self.method = event.method.decode()
-        target = event.target.decode("ascii", errors="replace")
-        parts = urlsplit(target)
-        self.path = unquote(parts.path)
+        parts = urlsplit(event.target.decode("ascii", errors="replace"))
+        self.path = path_of(event)
         self.query = parse_qs(parts.query, keep_blank_values=True)
         self.headers = [(k.decode().lower(), v.decode("latin-1")) for k, v in event.headers]
         self.raw_headers = event.headers
@@ -84,19 +88,34 @@ class Request:
 Handler = Callable[[Request], "tuple[int, Any] | Upgrade"]
 
 
-# Who sent a request (raises HTTPError 401).
-Authenticate = Callable[[h11.Request, ITransport], Identity]
+# Who sent a request, now or later (raises or fails with HTTPError: 401,
+# or 403 and 503 where someone else is asked).
+Authenticate = Callable[[h11.Request, ITransport], "Identity | Deferred[Identity]"]
+# Someone else's answer for a bearer token we do not know: (token, method, path).
+AskElsewhere = Callable[[str, str, str], Deferred[Identity]]
 
 
-def by_credentials(directory: Directory, metrics: Metrics | None = None) -> Authenticate:
-    """Users of the front door: a bearer token, or a client certificate."""
+def by_credentials(
+    directory: Directory, metrics: Metrics | None = None, elsewhere: AskElsewhere | None = None
+) -> Authenticate:
+    """Users of the front door: a bearer token, or a client certificate.
+    Tokens not in the directory go to C{elsewhere} (the cluster), if given,
+    which also says whether the request is allowed."""
 
-    def refused(method: AuthMethod, message: str) -> HTTPError:
+    def counted(method: AuthMethod) -> None:
         if metrics is not None:
             metrics.authentication_failed(FrontDoor.API, method)
+
+    def refused(method: AuthMethod, message: str) -> HTTPError:
+        counted(method)
         return HTTPError(401, "Unauthorized", message)
 
-    def authenticate(event: h11.Request, transport: ITransport) -> Identity:
+    def unknown(failure: Failure) -> Failure:
+        if isinstance(failure.value, HTTPError) and failure.value.code == 401:
+            counted(AuthMethod.TOKEN)
+        return failure
+
+    def authenticate(event: h11.Request, transport: ITransport) -> Identity | Deferred[Identity]:
         for name, value in event.headers:
             if name.lower() == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
@@ -104,6 +123,8 @@ def by_credentials(directory: Directory, metrics: Metrics | None = None) -> Auth
                     identity = directory.by_token(token.strip())
                     if identity is not None:
                         return identity
+                    if elsewhere is not None:
+                        return elsewhere(token.strip(), event.method.decode(), path_of(event)).addErrback(unknown)
                 raise refused(AuthMethod.TOKEN, "Unauthorized: the bearer token is not valid")
         cert = getattr(transport, "getPeerCertificate", lambda: None)()
         if cert is not None:
@@ -124,6 +145,8 @@ class APIProtocol(Protocol):
         self.next: IProtocol | None = None
         self._request: h11.Request | None = None
         self._body = 0
+        self._waiting = False  # for an identity: reading is paused
+        self._lost = False
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)  # statuses and small frames go out at once
@@ -136,11 +159,12 @@ class APIProtocol(Protocol):
         self._process()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         if self.next is not None:
             self.next.connectionLost(reason)
 
     def _process(self) -> None:
-        while self.next is None and self.transport is not None:
+        while self.next is None and self.transport is not None and not self._waiting:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
@@ -170,7 +194,42 @@ class APIProtocol(Protocol):
     def _handle(self, event: h11.Request) -> None:
         assert self.transport is not None
         try:
-            request = Request(event, self.authenticate(event, self.transport), host_port(self.transport.getPeer()))
+            identity = self.authenticate(event, self.transport)
+        except HTTPError as e:
+            self._fail(e, keep_alive=True)
+            return
+        except Exception:
+            log.failure("authenticating {method} {target}", method=event.method, target=event.target)
+            self._fail(HTTPError(500, "InternalError", "internal error"), keep_alive=True)
+            return
+        if isinstance(identity, Deferred):
+            # Nothing more is read until we know who this is (pipelined
+            # requests, an upgraded protocol's first bytes wait in h11).
+            self._waiting = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            identity.addBoth(self._authenticated, event)
+            return
+        self._serve(event, identity)
+
+    def _authenticated(self, outcome: Identity | Failure, event: h11.Request) -> None:
+        self._waiting = False
+        if self._lost or self.transport is None:
+            return
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if isinstance(outcome, Failure):
+            if isinstance(outcome.value, HTTPError):
+                self._fail(outcome.value, keep_alive=True)
+            else:
+                log.failure("authenticating {method} {target}", outcome, method=event.method, target=event.target)
+                self._fail(HTTPError(500, "InternalError", "internal error"), keep_alive=True)
+        else:
+            self._serve(event, outcome)
+        self._process()
+
+    def _serve(self, event: h11.Request, identity: Identity) -> None:
+        assert self.transport is not None
+        try:
+            request = Request(event, identity, host_port(self.transport.getPeer()))
             handler = self.route(request.method, request.path)
             if handler is None:
                 raise HTTPError(404, "NotFound", "the server could not find the requested resource")

@@ -42,9 +42,11 @@ from podshell.protocols import channels, tar
 from podshell.protocols import remotecommand as rc
 from podshell.protocols.remotecommand import StreamOptions
 
-_POD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward|log))?$")
-_NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
-_PODS = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
+POD_PATH = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)(?:/(?P<sub>exec|attach|portforward|log))?$"
+)
+NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)$")
+PODS_PATH = re.compile(r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?pods$")
 # podshell's own: the sessions under way, for operators (verb admin).
 _SESSIONS = re.compile(r"^/podshell/v1/sessions(?:/(?P<id>[0-9a-f]{32}))?$")
 # How long exec output waits after the upgrade for clients that read before
@@ -93,13 +95,13 @@ class KubeAPI:
         }
         if path.rstrip("/") in fixed and method == "GET":
             return fixed[path.rstrip("/")]
-        if (m := _NAMESPACE.match(path)) and method == "GET":
+        if (m := NAMESPACE_PATH.match(path)) and method == "GET":
             namespace = m["ns"]
             return lambda r: self.get_namespace(r, namespace)
-        if (m := _PODS.match(path)) and method == "GET":
+        if (m := PODS_PATH.match(path)) and method == "GET":
             namespace = m["ns"]
             return lambda r: self.list_pods(r, namespace)
-        if m := _POD.match(path):
+        if m := POD_PATH.match(path):
             ns, pod, sub = m["ns"], m["pod"], m["sub"]
             if sub is None:
                 return (lambda r: self.get_pod(r, ns, pod)) if method == "GET" else None

@@ -314,6 +314,16 @@ class NodeAddress(StrictModel):
         return int(self.address.rpartition(":")[2])
 
 
+class KubernetesAuth(StrictModel):
+    """People from the cluster: bearer tokens podshell's users do not have are
+    checked with TokenReview, each request with SubjectAccessReview."""
+
+    kubeconfig: str | None = Field(default=None, description="the gateway's own credentials; null: in-cluster")
+    allowed_ttl: float = Field(default=10, ge=0, le=3600, description="seconds a token or a yes is remembered")
+    denied_ttl: float = Field(default=5, ge=0, le=3600, description="seconds an unknown token or a no is remembered")
+    cache_size: int = Field(default=4096, ge=0, description="answers remembered of each kind; 0: none")
+
+
 Role = Literal["all", "gateway", "node"]
 
 
@@ -334,6 +344,7 @@ class Config(StrictModel):
     nodes: list[NodeAddress] = []
     inventory: Inventory | None = None
     refresh: float = Field(default=2.0, gt=0, le=60, description="seconds between a gateway's pod listings")
+    kubernetes_auth: KubernetesAuth | None = Field(default=None, description="absent: no people from the cluster")
 
     @model_validator(mode="after")
     def _roles(self) -> Config:
@@ -343,7 +354,17 @@ class Config(StrictModel):
         if self.role == "node":
             if self.node is None:
                 raise ValueError("node: a node agent needs node: {name: ..., listen: ...}")
-            for door in ("ssh", "api", "users", "policy", "nodes", "inventory", "recordings", "sessions"):
+            for door in (
+                "ssh",
+                "api",
+                "users",
+                "policy",
+                "nodes",
+                "inventory",
+                "recordings",
+                "sessions",
+                "kubernetes_auth",
+            ):
                 if door in given:
                     raise ValueError(f"{door}: a node agent has no front doors; gateways hold {door}")
         elif "node" in given and self.role == "gateway":
@@ -361,6 +382,8 @@ class Config(StrictModel):
             raise ValueError(f"nodes: only a gateway routes to node agents (role is {self.role})")
         elif self.inventory is not None:
             raise ValueError(f"inventory: only a gateway routes to node agents (role is {self.role})")
+        if self.kubernetes_auth is not None and self.api is None:
+            raise ValueError("kubernetes_auth: checks people at the API front door; give api: {listen: ...} too")
         names = [n.name for n in self.nodes]
         if len(names) != len(set(names)):
             raise ValueError("nodes: two nodes have the same name")
@@ -376,7 +399,8 @@ class Config(StrictModel):
         tokens = [t for u in self.users for t in u.tokens]
         if len(tokens) != len(set(tokens)):
             raise ValueError("users: the same token is given twice")
-        for i, rule in enumerate(self.policy):
+        # The cluster's users and groups are named in the policy too.
+        for i, rule in enumerate([] if self.kubernetes_auth else self.policy):
             for subject in rule.subjects:
                 kind, _, name = subject.partition(":")
                 if (kind == "user" and name not in names) or (kind == "group" and name not in groups):

@@ -40,10 +40,11 @@ from podshell.core.metrics import FrontDoor, Metrics
 from podshell.core.yamlfile import ConfigError, count
 from podshell.gateway.kubernetes.client import APIServer, Credentials
 from podshell.gateway.kubernetes.inventory import KubernetesInventory
+from podshell.gateway.kubernetes.reviews import ClusterReviews
 from podshell.gateway.nodes import RemoteNode
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh.server import StartupLimits, make_factory
-from podshell.kube.front import APIFactory, by_credentials
+from podshell.kube.front import APIFactory, AskElsewhere, by_credentials
 from podshell.kube.resources import KubeAPI
 from podshell.node.agent import TrustGateway, gateway_requests
 from podshell.node.inprocess import LocalNode
@@ -79,7 +80,8 @@ class Loaded:
     pods: list[Pod]
     embedded: bool = False
     identity: ClusterIdentity | None = None  # in the cluster PKI (gateway, node)
-    kubernetes: Credentials | None = None  # a gateway's way to its cluster's API server
+    inventory_api: Credentials | None = None  # where a gateway learns of pods and node agents
+    kubernetes: Credentials | None = None  # to ask the cluster's API server who people are
 
 
 def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
@@ -115,13 +117,23 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
             identity = ClusterIdentity.load(*paths, role=config.role)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-    kubernetes = None
+    inventory_api = None
     if config.inventory is not None:
         try:
             if config.inventory.kubeconfig:
-                kubernetes = Credentials.from_kubeconfig(resolve_path(base, config.inventory.kubeconfig))
+                inventory_api = Credentials.from_kubeconfig(resolve_path(base, config.inventory.kubeconfig))
             else:
-                kubernetes = Credentials.in_cluster()
+                inventory_api = Credentials.in_cluster()
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    kubernetes = None
+    if config.kubernetes_auth is not None:
+        kubeconfig = config.kubernetes_auth.kubeconfig
+        try:
+            if kubeconfig is None:
+                kubernetes = Credentials.in_cluster(key="kubernetes_auth")
+            else:
+                kubernetes = Credentials.from_kubeconfig(resolve_path(base, kubeconfig), key="kubernetes_auth")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     return Loaded(
@@ -133,6 +145,7 @@ def load(config_file: str | None, state_dir: str | None = None) -> Loaded:
         pods,
         config_file is None,
         identity,
+        inventory_api,
         kubernetes,
     )
 
@@ -436,8 +449,8 @@ def makeService(options: Options) -> MultiService:
 def _inventory(reactor, loaded: Loaded, metrics: Metrics) -> KubernetesInventory:
     """Pods and node agents from the API server (C{inventory: {kind: kubernetes}})."""
     settings = loaded.config.inventory
-    assert settings is not None and loaded.identity is not None and loaded.kubernetes is not None
-    api = APIServer(reactor, loaded.kubernetes)
+    assert settings is not None and loaded.identity is not None and loaded.inventory_api is not None
+    api = APIServer(reactor, loaded.inventory_api)
     agents = settings.agents
     log.info(
         "inventory: pods and node agents ({selector} in {namespace}) from the API server at {server}",
@@ -532,6 +545,20 @@ def _node_agent(reactor, loaded: Loaded, cluster: Cluster, audit: AuditLog) -> L
     return Listening(reactor, loaded.config.node.listen, "node agent", factory, lambda address: None)
 
 
+def _cluster_reviews(reactor, loaded: Loaded) -> AskElsewhere | None:
+    """Who the cluster says a token is, and what RBAC lets them do (kubernetes_auth)."""
+    settings = loaded.config.kubernetes_auth
+    if settings is None or loaded.kubernetes is None:
+        return None
+    try:
+        server = APIServer(reactor, loaded.kubernetes, key="kubernetes_auth")
+    except ConfigError as e:
+        raise ConfigError(f"{loaded.source}: {e}") from None
+    log.info("people from the cluster: tokens and rights checked with {server}", server=server.server)
+    reviews = ClusterReviews(server, reactor, settings.allowed_ttl, settings.denied_ttl, settings.cache_size)
+    return reviews.check
+
+
 def _front_doors(reactor, loaded: Loaded, cluster: Cluster, gate: Gate, metrics: Metrics) -> MultiService:
     """SSH and the Kubernetes API, in front of the cluster's nodes.
     Listeners come first: if a port is taken, stop before any pod starts."""
@@ -554,7 +581,8 @@ def _front_doors(reactor, loaded: Loaded, cluster: Cluster, gate: Gate, metrics:
     ssh_door.setServiceParent(doors)
     if config.api is not None:
         api = KubeAPI(gate, cluster, reactor, limits=config.api.stream_limits(metrics.api_limit_hit))
-        factory: IProtocolFactory = APIFactory(api.route, by_credentials(loaded.directory, metrics))
+        authenticate = by_credentials(loaded.directory, metrics, _cluster_reviews(reactor, loaded))
+        factory: IProtocolFactory = APIFactory(api.route, authenticate)
         description = config.api.listen
         scheme = "https" if description.startswith("ssl:") else "http"
         ca = StateCA(loaded.state_dir)

@@ -63,24 +63,23 @@ class Credentials:
         return self.token
 
     @classmethod
-    def in_cluster(cls, root: Path = IN_CLUSTER) -> Credentials:
+    def in_cluster(cls, root: Path = IN_CLUSTER, key: str = "inventory") -> Credentials:
+        """@param key: the configuration's, named in errors."""
         host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
         if not host or not port:
             raise ConfigError(
-                "inventory: no kubeconfig given and not in a pod (KUBERNETES_SERVICE_HOST is not set); "
-                "give inventory.kubeconfig"
+                f"{key}: no kubeconfig given and not in a pod (KUBERNETES_SERVICE_HOST is not set); "
+                f"give {key}.kubeconfig"
             )
         name = f"[{host}]" if ":" in host else host
         try:
             ca = (root / "ca.crt").read_bytes()
         except OSError as e:
-            raise ConfigError(
-                f"inventory: cannot read the ServiceAccount's CA {root / 'ca.crt'}: {e.strerror}"
-            ) from None
+            raise ConfigError(f"{key}: cannot read the ServiceAccount's CA {root / 'ca.crt'}: {e.strerror}") from None
         return cls(f"https://{name}:{port}", ca_pem=ca, token_file=root / "token")
 
     @classmethod
-    def from_kubeconfig(cls, path: Path) -> Credentials:
+    def from_kubeconfig(cls, path: Path, key: str = "inventory") -> Credentials:
         """The current context's cluster and user (tokens and client
         certificates; exec plugins are a person's, not a server's)."""
         try:
@@ -90,9 +89,9 @@ class Credentials:
             cluster = _named(config, "clusters", context["cluster"])["cluster"]
             user = _named(config, "users", context["user"])["user"] or {}
         except OSError as e:
-            raise ConfigError(f"inventory.kubeconfig: cannot read {path}: {e.strerror}") from None
+            raise ConfigError(f"{key}.kubeconfig: cannot read {path}: {e.strerror}") from None
         except (KeyError, TypeError, yaml.YAMLError) as e:
-            raise ConfigError(f"inventory.kubeconfig: {path} is not a usable kubeconfig ({e})") from None
+            raise ConfigError(f"{key}.kubeconfig: {path} is not a usable kubeconfig ({e})") from None
         base = path.parent
 
         def data(entry: dict[str, Any], key: str) -> bytes | None:
@@ -140,12 +139,13 @@ class _Trust:
 class APIServer:
     """JSON requests to one API server, on a pool of persistent connections."""
 
-    def __init__(self, reactor: Any, credentials: Credentials) -> None:
+    def __init__(self, reactor: Any, credentials: Credentials, key: str = "inventory") -> None:
+        """@param key: the configuration's, named in errors."""
         self.reactor = reactor
         self.credentials = credentials
         self.server = credentials.server.rstrip("/")
         if urlsplit(self.server).scheme not in ("https", "http"):
-            raise ConfigError(f"inventory: the API server {self.server!r} is not an https:// URL")
+            raise ConfigError(f"{key}: the API server {self.server!r} is not an https:// URL")
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
         self._agent = Agent(reactor, contextFactory=_Trust(credentials), pool=pool, connectTimeout=TIMEOUT)
