@@ -15,6 +15,9 @@ from kubernetes_validate import utils
 
 from podshell.server.config import load_config
 
+from .support.kubectl import VERSIONS as KUBECTLS
+from .support.kubectl import kubectl_binary, minor
+
 DEPLOY = Path(__file__).parent.parent / "deploy"
 TREES = {
     "base": "/run/containerd/containerd.sock",
@@ -25,8 +28,8 @@ VERSIONS = [f"1.{minor}" for minor in range(27, 38)]
 AGENT_PORT = 10350
 
 
-def render(tree: str) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY / tree)], check=True, capture_output=True, text=True)
+def render(tree: str, kubectl: str = "kubectl") -> list[dict]:
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / tree)], check=True, capture_output=True, text=True)
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
@@ -38,6 +41,11 @@ def rendered() -> dict[str, list[dict]]:
 def one(objects: list[dict], kind: str) -> dict:
     (found,) = [o for o in objects if o["kind"] == kind]
     return found
+
+
+@pytest.mark.parametrize("version", [v for v in KUBECTLS if minor(v) >= 27])
+def test_every_kubectl_renders_alike(rendered, version):
+    assert {tree: render(tree, kubectl_binary(version)) for tree in TREES} == rendered
 
 
 def test_schemas_shipped_for_every_version():
