@@ -147,17 +147,15 @@ def _config(objects: list[dict], name: str) -> dict:
 def test_gateway_config_loads(rendered, tmp_path):
     objects = rendered["base"]
     config = _config(objects, "podshell-gateway-config")
-    assert config.pop("inventory") == {
-        "kind": "kubernetes",
-        "agents": {"namespace": "podshell", "selector": "app.kubernetes.io/component=node-agent", "port": AGENT_PORT},
-    }
-    # Until the inventory block lands in podshell.server.config, the loader knows no
-    # inventory: and wants a nodes: list; the rest is checked with a stand-in for it.
-    # Remove these two lines (and the pop above) once it does.
-    config["nodes"] = [{"name": "stand-in", "address": f"10.0.0.2:{AGENT_PORT}"}]
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     loaded, _ = load_config(path)
+    assert loaded.inventory is not None and loaded.inventory.kind.value == "kubernetes"
+    assert (loaded.inventory.agents.namespace, loaded.inventory.agents.port) == ("podshell", AGENT_PORT)
+    assert loaded.inventory.agents.selector == "app.kubernetes.io/component=node-agent"
+    # The selector the gateway watches is the DaemonSet's own.
+    daemonset = one(objects, "DaemonSet")["spec"]["selector"]["matchLabels"]
+    assert daemonset.get("app.kubernetes.io/component") == "node-agent"
     ports = {
         p["name"]: p["containerPort"]
         for p in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]
