@@ -19,6 +19,7 @@ restarting API server would.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import sys
 from collections import deque
@@ -95,6 +96,7 @@ class Store:
         self.oldest = 1  # watches from before this are told 410
         self.watches: list[Watch] = []
         self.requests: list[str] = []  # what was asked, for tests
+        self._sorted: tuple[int, list[tuple[str, str]]] = (0, [])
 
     def _event(self, kind: str, pod: dict[str, Any]) -> None:
         if len(self.history) == self.history.maxlen:
@@ -130,6 +132,37 @@ class Store:
         self._event("DELETED", pod)
         return 200, pod
 
+    def generate(self, nodes: int, pods: int) -> None:
+        """A cluster's worth of pods, as the benchmark wants: C{pods} over C{nodes}."""
+        for i in range(pods):
+            body = {
+                "metadata": {"name": f"pod-{i}", "namespace": f"ns-{i % 200}", "labels": {"app": f"app-{i % 500}"}},
+                "spec": {"nodeName": f"node-{i % nodes}", "containers": [{"name": "app", "image": "registry/app:1"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
+                    "containerStatuses": [
+                        {
+                            "name": "app",
+                            "ready": True,
+                            "restartCount": 0,
+                            "image": "registry/app:1",
+                            "imageID": "",
+                            "state": {"running": {"startedAt": "2026-12-04T10:00:00Z"}},
+                        }
+                    ],
+                },
+            }
+            self.put(body)
+
+    def churn(self, n: int) -> None:
+        """C{n} pods change (a restart count goes up), one event each."""
+        keys = list(self.pods)[:n]
+        for key in keys:
+            pod = self.pods[key]
+            statuses = [{**c, "restartCount": c.get("restartCount", 0) + 1} for c in pod["status"]["containerStatuses"]]
+            self.put({**pod, "status": {**pod["status"], "containerStatuses": statuses}})
+
     def compact(self) -> None:
         self.history.clear()
         self.oldest = self.revision + 1
@@ -139,10 +172,19 @@ class Store:
             watch.request.finish()
 
     def list(self, namespace: str | None, selector: str, limit: int, after: str) -> dict[str, Any]:
-        keys = sorted(k for k in self.pods if namespace in (None, k[0]))
+        if self._sorted[0] != self.revision:  # sorted once per change, not once per page
+            self._sorted = (self.revision, sorted(self.pods))
+        keys = self._sorted[1]
         if after:
-            keys = [k for k in keys if "/".join(k) > after]
-        chosen = [self.pods[k] for k in keys if matches(selector, self.pods[k]["metadata"].get("labels") or {})]
+            keys = keys[bisect.bisect_right(keys, tuple(after.split("/", 1))) :]
+        if namespace is not None:
+            keys = [k for k in keys if k[0] == namespace]
+        chosen = []
+        for k in keys:
+            if matches(selector, self.pods[k]["metadata"].get("labels") or {}):
+                chosen.append(self.pods[k])
+                if limit and len(chosen) > limit:
+                    break
         meta: dict[str, Any] = {"resourceVersion": str(self.revision)}
         if limit and len(chosen) > limit:
             chosen = chosen[:limit]
@@ -197,7 +239,10 @@ class APIServer(resource.Resource):
         args = {k.decode(): v[0].decode() for k, v in request.args.items()}
         self.store.requests.append(f"{request.method.decode()} {path}{' watch' if args.get('watch') else ''}")
         if path.startswith("/_test/"):
-            {"/_test/compact": self.store.compact, "/_test/drop-watches": self.store.drop_watches}[path]()
+            if path == "/_test/churn":  # the benchmark's: change N pods now
+                self.store.churn(int(args.get("n", "1000")))
+            else:
+                {"/_test/compact": self.store.compact, "/_test/drop-watches": self.store.drop_watches}[path]()
             return self._answer(request, 200, {})
         auth = (request.getHeader("authorization") or "").partition(" ")
         if auth[0].lower() != "bearer" or auth[2] not in self.tokens:
@@ -255,11 +300,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--token", action="append", default=[])
+    parser.add_argument("--generate", nargs=2, type=int, metavar=("NODES", "PODS"), help="start with this many pods")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     with open(args.cert, "rb") as c, open(args.key, "rb") as k:
         certificate = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read())
-    site = server.Site(APIServer(Store(), set(args.token)))
+    store = Store()
+    if args.generate:
+        store.generate(*args.generate)
+    site = server.Site(APIServer(store, set(args.token)))
     site.displayTracebacks = False
     endpoint = endpoints.SSL4ServerEndpoint(default_reactor, int(port), certificate.options(), interface=host)
     endpoint.listen(site).addCallback(lambda _: print(f"API server listening on {args.listen}", flush=True))
