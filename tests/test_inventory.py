@@ -6,6 +6,7 @@ server ending every watch, and the server going away and coming back."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from twisted.web.server import Site
 from podshell.gateway.kubernetes.client import APIServer, Credentials
 from podshell.gateway.kubernetes.inventory import KubernetesInventory, slim
 from podshell.gateway.routing import Cluster
+from podshell.kube.objects import pod_table
 from podshell.pki import cluster_ca as pki
 from podshell.pki.mutual import ClusterIdentity
 
@@ -153,6 +155,12 @@ async def test_pods_and_agents_are_listed_then_followed_as_they_change(server, p
         assert "no node agent is ready on node node-1" in (inv.nodes["node-1"].problem or "")
         assert cluster.resolve("team-a", "web-4").node == "node-1"
         assert cluster.container_names("team-a", "unscheduled") is None
+        # kubectl get pods through the gateway: the table of the slim pods.
+        table = pod_table(cluster.pods("team-a")[:2], datetime.now(timezone.utc))
+        assert [r["cells"][:3] + r["cells"][6:7] for r in table["rows"]] == [
+            ["web-0", "1/1", "Running", "node-0"],
+            ["web-1", "1/1", "Running", "node-1"],
+        ]
 
         # A pod reported running is routable at the next event, well within a second.
         server.store.put(pod("team-b", "late", "node-2", running=False))

@@ -248,7 +248,7 @@ def pod_table(pods: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
-                    "metadata": {k: p["metadata"][k] for k in ("name", "namespace", "uid", "creationTimestamp")},
+                    "metadata": {k: p["metadata"].get(k) for k in ("name", "namespace", "uid", "creationTimestamp")},
                 },
             }
             for p in pods
