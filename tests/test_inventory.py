@@ -6,7 +6,7 @@ server ending every watch, and the server going away and coming back."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -156,7 +156,7 @@ async def test_pods_and_agents_are_listed_then_followed_as_they_change(server, p
         assert cluster.resolve("team-a", "web-4").node == "node-1"
         assert cluster.container_names("team-a", "unscheduled") is None
         # kubectl get pods through the gateway: the table of the slim pods.
-        table = pod_table(cluster.pods("team-a")[:2], datetime.now(timezone.utc))
+        table = pod_table(cluster.pods("team-a")[:2], datetime.now(UTC))
         assert [r["cells"][:3] + r["cells"][6:7] for r in table["rows"]] == [
             ["web-0", "1/1", "Running", "node-0"],
             ["web-1", "1/1", "Running", "node-1"],
