@@ -80,6 +80,10 @@ class AuditedSession:
         self._notes.update(fields)
 
     def on_end(self, callback: Callable[[], None]) -> None:
+        """Call C{callback} when the session ends (at once if it has)."""
+        if self._ended:
+            callback()
+            return
         self._ending.append(callback)
 
     def end(self, status: str, bytes_in: int = 0, bytes_out: int = 0) -> None:

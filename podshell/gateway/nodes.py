@@ -16,7 +16,14 @@ from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IStreamClientEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,7 +80,7 @@ class RemoteNode:
 
     def endpointForURI(self, uri: object = None) -> IStreamClientEndpoint:
         if self.host is None:
-            return _Nowhere(NodeError(self.problem or f"node {self.name} has no node agent"))
+            return _Nowhere(self.reactor, NodeError(self.problem or f"node {self.name} has no node agent"))
         tcp = HostnameEndpoint(self.reactor, self.host, self.port, timeout=CONNECT_TIMEOUT)
         return wrapClientTLS(self.tls, tcp)
 
@@ -214,13 +221,18 @@ class _QuietEndpoints:
 
 @implementer(IStreamClientEndpoint)
 class _Nowhere:
-    """The way to a node with no agent: it fails, saying so."""
+    """The way to a node with no agent: it fails, saying so, on the next
+    turn of the reactor, as a refused connection would: the stream's
+    session is wired up by then, and ends with the reason."""
 
-    def __init__(self, error: NodeError) -> None:
+    def __init__(self, reactor: IReactorTime, error: NodeError) -> None:
+        self.reactor = reactor
         self.error = error
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred:
-        return fail(self.error)
+        d: Deferred = Deferred()
+        self.reactor.callLater(0, d.errback, Failure(self.error))
+        return d
 
 
 @implementer(IStreamClientEndpoint)

@@ -24,6 +24,8 @@ KUBECTL = "1.33"  # WebSocket; 1.20 speaks only SPDY: both are spliced to the no
 TOKEN = "alice-token-0123456789abcdef"
 TESTS = str(Path(__file__).parent.parent)  # where podserver.py is, for code run on the hosts
 NODE_PORT = 10250
+API_PORT = 6443
+API_TOKEN = "gateway-serviceaccount-0123456789"
 TWIN = pod("twin", {"name": "app", "command": ["sleep", "3600"]}, namespace="team-a")  # on both: a conflict
 PODS = {
     "node-1": [pod("alpha", {"name": "app", "command": [PYTHON, PODSERVER]}, namespace="team-a"), TWIN],
@@ -56,9 +58,12 @@ class Cluster:
     """C{cri} puts a node agent on a container runtime: C{{"node-2": "unix:///…"}}
     runs node-2 on that CRI socket (the kubelet's pods) instead of its L{PODS}."""
 
-    def __init__(self, root: Path, cri: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, cri: dict[str, str] | None = None, inventory: bool = False) -> None:
+        """@param inventory: the gateway learns pods and agents from an
+        in-test API server on its host (L{tests.support.apiserver}), not a nodes: list."""
         self.root = root
         self.cri = cri or {}
+        self.inventory = inventory
         self.pods = {name: [] if name in self.cri else pods for name, pods in PODS.items()}
         self.hosts = Hosts(["gw", "node-1", "node-2"])
         try:
@@ -117,12 +122,23 @@ class Cluster:
             "nodes": [{"name": n, "address": f"{hosts.address[n]}:{NODE_PORT}"} for n in PODS],
             "refresh": 0.5,
         }
+        if self.inventory:
+            del gateway["nodes"], gateway["refresh"]
+            gateway["inventory"] = {
+                "kind": "kubernetes",
+                "kubeconfig": "../api.kubeconfig",
+                "agents": {"port": NODE_PORT},
+            }
+            self._start_api_server()
         (root / "gw").mkdir()
         (root / "gw" / "podshell.yaml").write_text(yaml.safe_dump(gateway))
         self.gw_log = root / "gw" / "twistd.log"
         self.gateway = hosts.start("gw", self.twistd("gw"), self.gw_log, root / "gw")
         wait_log(self.gw_log, "Kubernetes API listening")
         for name, pods in self.pods.items():
+            if self.inventory:
+                wait_log(self.gw_log, rf"node {name}: agent at {hosts.address[name]}")
+                continue
             count = r"\d+" if name in self.cri else str(len(pods))  # the kubelet's, however many
             wait_log(self.gw_log, rf"node {name} at \S+: {count} pods")
         # ssh, kubectl and the CLI, all on the gateway's host.
@@ -136,6 +152,49 @@ class Cluster:
         kubeconfig.write(
             self.kubeconfig, kubeconfig.render("https://127.0.0.1:8443", "alice", TOKEN, self.ca.read_bytes())
         )
+
+    def _start_api_server(self) -> None:
+        """The API server on the gateway's host, holding what a kubelet would
+        report: each node's pods running there, and each node's agent pod."""
+        root, hosts = self.root, self.hosts
+        podshell("ca", "issue", "--dir", "pki", "--name", "api", "--role", "node", "--san", "127.0.0.1", cwd=root)
+        log = root / "api.log"
+        argv = [PYTHON, "-m", "tests.support.apiserver", "--listen", f"127.0.0.1:{API_PORT}"]
+        argv += ["--cert", str(root / "pki" / "api.crt"), "--key", str(root / "pki" / "api.key"), "--token", API_TOKEN]
+        hosts.start("gw", argv, log, Path(TESTS).parent)
+        wait_log(log, "API server listening")
+        kubeconfig.write(
+            root / "api.kubeconfig",
+            kubeconfig.render(self.api_url, "gateway", API_TOKEN, (root / "pki" / "ca.crt").read_bytes()),
+        )
+        reported = [running(m, name) for name, pods in self.pods.items() for m in pods if m is not TWIN]
+        self.report(*reported, *(agent_pod(name, hosts.address[name]) for name in self.pods))
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{API_PORT}"
+
+    def report(self, *pods: dict) -> None:
+        """Put C{pods} in the API server, then their status as a kubelet
+        reports it, with the official Python client."""
+        code = f"""
+from kubernetes import client
+configuration = client.Configuration()
+configuration.host = {self.api_url!r}
+configuration.ssl_ca_cert = {str(self.root / "pki" / "ca.crt")!r}
+configuration.api_key = {{"authorization": "Bearer {API_TOKEN}"}}
+api = client.CoreV1Api(client.ApiClient(configuration))
+for pod in {list(pods)!r}:
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    try:
+        api.create_namespaced_pod(namespace, pod)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+    api.replace_namespaced_pod_status(name, namespace, pod)  # as the kubelet reports it
+"""
+        done = self.python(code)
+        assert done.returncode == 0, done.stderr.decode()
 
     def twistd(self, name: str) -> list[str]:
         return [TWISTD, "-n", "--pidfile=", "podshell", "--config", str(self.root / name / "podshell.yaml")]
@@ -165,3 +224,37 @@ class Cluster:
     def audit(self, name: str) -> list[dict]:
         path = self.root / name / "state" / "audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def running(manifest: dict, node: str, ready: bool = True) -> dict:
+    """A pod as the API server has it once a kubelet on C{node} runs it."""
+    state = (
+        {"running": {"startedAt": "2026-12-04T10:00:00Z"}} if ready else {"waiting": {"reason": "ContainerCreating"}}
+    )
+    statuses = [
+        {"name": c["name"], "ready": ready, "restartCount": 0, "image": "local", "imageID": "", "state": state}
+        for c in manifest["spec"]["containers"]
+    ]
+    spec = {**manifest["spec"], "nodeName": node}
+    phase = "Running" if ready else "Pending"
+    return {**manifest, "spec": spec, "status": {"phase": phase, "containerStatuses": statuses}}
+
+
+def agent_pod(node: str, address: str, ready: bool = True) -> dict:
+    """A node agent's pod of the DaemonSet, on C{node}'s network."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"podshell-node-{node}",
+            "namespace": "podshell",
+            "labels": {"app.kubernetes.io/component": "node-agent"},
+        },
+        "spec": {"nodeName": node, "hostNetwork": True, "containers": [{"name": "agent", "image": "podshell"}]},
+        "status": {
+            "phase": "Running",
+            "podIP": address,
+            "hostIP": address,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
