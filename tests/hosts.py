@@ -9,10 +9,16 @@ namespaces and the bridge.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 from pathlib import Path
+
+# Each set of hosts in a process gets its own names: the kernel destroys a
+# deleted namespace's links in the background, so a second set named like
+# the first could meet the first's veths.
+_serial = itertools.count()
 
 
 def _ip(*args: str) -> None:
@@ -21,10 +27,11 @@ def _ip(*args: str) -> None:
 
 class Hosts:
     def __init__(self, names: list[str]) -> None:
-        tag = os.getpid() % 100000
+        tag = f"{os.getpid() % 100000}{next(_serial) % 100}"
         self.subnet = f"10.213.{os.getpid() % 250 + 1}"
         self.bridge = f"psbr{tag}"
         self.netns: dict[str, str] = {}
+        self.veths: list[str] = []
         self.address: dict[str, str] = {}
         self.procs: list[subprocess.Popen] = []
         _ip("link", "add", self.bridge, "type", "bridge")
@@ -35,6 +42,7 @@ class Hosts:
                 _ip("netns", "add", ns)
                 self.netns[name] = ns
                 _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+                self.veths.append(outside)
                 _ip("link", "set", inside, "netns", ns)
                 _ip("link", "set", outside, "master", self.bridge, "up")
                 self.address[name] = f"{self.subnet}.{i + 2}"
@@ -68,6 +76,8 @@ class Hosts:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for veth in self.veths:  # at once, not when the kernel gets to the namespace
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
         for ns in self.netns.values():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
