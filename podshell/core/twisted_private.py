@@ -158,7 +158,7 @@ def held_for_key_exchange(t: transport.SSHTransportBase, messageType: int, paylo
     until C{_newKeys} sends them (RFC 4253 7.1).  Conch's C{sendPacket} does
     this first, then frames the packet its way.
 
-    No public API: C{sendPacket} does both at once, and AES-GCM packets
+    No public API: C{sendPacket} does both at once, and AEAD packets
     (L{podshell.gateway.ssh.ciphers}) are framed differently, so they cannot
     go through it."""
     if t._keyExchangeState == t._KEY_EXCHANGE_NONE or t._allowedKeyExchangeMessageType(messageType):

@@ -29,16 +29,23 @@ class Listener(StrictModel):
     listen: str = Field(min_length=1, description="a Twisted server endpoint string")
 
 
-Cipher = Literal["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr"]
+Cipher = Literal[
+    "chacha20-poly1305@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
 
 
 class SSHConfig(Listener):
     listen: str = "tcp:2222:interface=127.0.0.1"
     accept_env: list[str] = Field(default=[], description="env names (globs) clients may set, beyond LANG, LC_*, TERM")
     ciphers: list[Cipher] = Field(
-        default=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
+        default=["chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
         min_length=1,
-        description="offered in this order; add aes128-ctr/aes256-ctr for clients without AES-GCM",
+        description="offered (the client's preference wins); add aes128-ctr/aes256-ctr for clients without an AEAD",
     )
     # Unauthenticated connections (accept to login), as sshd's MaxStartups,
     # PerSourceMaxStartups and LoginGraceTime.

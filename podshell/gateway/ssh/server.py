@@ -46,10 +46,11 @@ from podshell.core.twisted_private import log_through
 from podshell.gateway.routing import Cluster
 from podshell.gateway.ssh import hostkeys
 from podshell.gateway.ssh.avatar import PodUser
-from podshell.gateway.ssh.ciphers import GCM_KEY_SIZES, Ciphers, GCMTransportMixin
+from podshell.gateway.ssh.ciphers import AEAD_CIPHERS, AEADTransportMixin, Ciphers
 from podshell.gateway.ssh.connection import ConnectionLimits, PodConnection
 from podshell.gateway.ssh.logs import conch_logger
 from podshell.gateway.ssh.startups import REFUSAL, MaxStartups, Startups, Throttled, Ticket
+from podshell.gateway.ssh.strictkex import StrictKexMixin
 
 ACCEPT_ENV = ["LANG", "LC_*", "TERM"]
 
@@ -70,19 +71,20 @@ class StartupLimits:
 
 
 @log_through(conch_logger)
-class PodServerTransport(GCMTransportMixin, transport.SSHServerTransport):
-    """Conch's transport with AES-GCM, without the legacy algorithms (CBC,
-    3DES, MD5, SHA-1).  The ciphers offered are the configuration's."""
+class PodServerTransport(StrictKexMixin, AEADTransportMixin, transport.SSHServerTransport):
+    """Conch's transport with strict key exchange, chacha20-poly1305 and
+    AES-GCM, without the legacy algorithms (CBC, 3DES, MD5, SHA-1).  The
+    ciphers offered are the configuration's."""
 
     ourVersionString = f"SSH-2.0-podshell_{__version__}".encode()
-    supportedCiphers = list(GCM_KEY_SIZES)
+    supportedCiphers = list(AEAD_CIPHERS)
     supportedMACs = [m for m in transport.SSHServerTransport.supportedMACs if m.startswith(b"hmac-sha2-")]
     supportedKeyExchanges = [k for k in transport.SSHServerTransport.supportedKeyExchanges if not k.endswith(b"sha1")]
 
     def ssh_KEXINIT(self, packet: bytes) -> None:
         super().ssh_KEXINIT(packet)
         if type(getattr(self, "nextEncryptions", None)) is transport.SSHCiphers:
-            self.nextEncryptions.__class__ = Ciphers  # the same state, plus GCM and faster MACs
+            self.nextEncryptions.__class__ = Ciphers  # the same state, plus the AEADs and faster MACs
 
     # Set by the factory: this connection's place among the unauthenticated
     # ones, and the time it has to log in.
@@ -282,7 +284,7 @@ class PodSSHFactory(SSHFactory):
         self.portal = portal
         self.privateKeys = {k.sshType(): k for k in keys}
         self.publicKeys = {k.sshType(): k.public() for k in keys}
-        self.ciphers = ciphers or list(GCM_KEY_SIZES)
+        self.ciphers = ciphers or list(AEAD_CIPHERS)
         self.limits = limits
         self.clock = clock
         self.metrics = metrics
