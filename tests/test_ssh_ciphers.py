@@ -34,6 +34,10 @@ def test_aead_packets_round_trip_and_tampering_is_caught(kind):
         assert len(sealed) == body_length + 16
         assert body_length % sender.block == 0 and body_length - 1 - size >= 4  # the padding rule
         assert receiver.open(seq, header, sealed) == b"p" * size
+    for seq, head in enumerate((b"", b"^", b"^^^^^")):  # the message type before the data, unjoined
+        sender, receiver = _pair(kind)
+        packet = b"".join(sender.seal(seq, b"data" * 9000, head))
+        assert receiver.open(seq, packet[:4], packet[4:]) == head + b"data" * 9000
     packet = b"".join(sender.seal(10, b"secret"))
     with pytest.raises(Forged):  # one bit flipped in the tag
         receiver.open(10, packet[:4], packet[4:-1] + bytes((packet[-1] ^ 1,)))
@@ -63,7 +67,7 @@ def test_chacha20_matches_openssl_chacha20():
     number) and block counter OpenSSH uses, checked against the IETF
     variant's: a zero high counter word, the nonce after it."""
     key = os.urandom(64)
-    sealed = ChaCha20Poly1305(key).seal(7, b"x" * 100)[1]
+    sealed = b"".join(ChaCha20Poly1305(key).seal(7, b"x" * 100)[1:-1])  # between the header and the tag
     stream = Cipher(algorithms.ChaCha20(key[:32], (1).to_bytes(4, "little") + bytes(4) + (7).to_bytes(8, "big")), None)
     body = stream.decryptor().update(sealed)
     padding = body[0]

@@ -48,14 +48,13 @@ class BadPadding(ValueError):
     """An authentic packet whose padding length makes no sense."""
 
 
-def _body(payload: bytes, block: int) -> bytes:
-    """Padding length, payload, padding, as RFC 4253 6 pads them when the
-    packet length is not counted in the blocks (OpenSSH's AEAD framing).
-    Encrypted and authenticated, the padding need not be random."""
-    padding = block - (1 + len(payload)) % block
-    if padding < 4:
-        padding += block
-    return bytes((padding,)) + payload + bytes(padding)
+def _padding(length: int, block: int) -> int:
+    """How much padding a payload of C{length} bytes takes, as RFC 4253 6
+    pads it when the packet length is not counted in the blocks (OpenSSH's
+    AEAD framing).  Encrypted and authenticated, the padding need not be
+    random."""
+    padding = block - (1 + length) % block
+    return padding + block if padding < 4 else padding
 
 
 def _payload(body: bytes) -> bytes:
@@ -71,9 +70,10 @@ class AEAD(Protocol):
 
     block: int
 
-    def seal(self, seq: int, payload: bytes) -> tuple[bytes, ...]:
-        """A whole packet for C{payload}, in pieces (so the transport need
-        not copy them together): the 4-byte length header first."""
+    def seal(self, seq: int, payload: bytes, head: bytes = b"") -> tuple[bytes, ...]:
+        """A whole packet for the payload C{head + payload}, in pieces (so
+        the 32 KiB of channel data is not copied to put the message type
+        before it): the 4-byte length header first."""
 
     def length(self, seq: int, header: bytes) -> int:
         """The packet length its 4-byte header says."""
@@ -98,8 +98,9 @@ class GCM:
         self.counter = (self.counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, seq: int, payload: bytes) -> tuple[bytes, ...]:
-        body = _body(payload, self.block)
+    def seal(self, seq: int, payload: bytes, head: bytes = b"") -> tuple[bytes, ...]:
+        padding = _padding(len(head) + len(payload), self.block)
+        body = b"".join((bytes((padding,)), head, payload, bytes(padding)))
         header = struct.pack(">L", len(body))
         return header, self.aead.encrypt(self._nonce(), body, header)
 
@@ -131,15 +132,17 @@ class ChaCha20Poly1305:
         # counter, then OpenSSH's 64-bit nonce, the big-endian sequence number.
         return Cipher(algorithms.ChaCha20(key, bytes(8) + seq.to_bytes(8, "big")), mode=None).encryptor()
 
-    def seal(self, seq: int, payload: bytes) -> tuple[bytes, ...]:
-        body = _body(payload, self.block)
-        header = self._stream(self.header, seq).update(struct.pack(">L", len(body)))
+    def seal(self, seq: int, payload: bytes, head: bytes = b"") -> tuple[bytes, ...]:
+        padding = _padding(len(head) + len(payload), self.block)
+        header = self._stream(self.header, seq).update(struct.pack(">L", 1 + len(head) + len(payload) + padding))
         stream = self._stream(self.main, seq)
         mac = Poly1305(stream.update(bytes(64))[:32])
-        sealed = stream.update(body)
-        mac.update(header)
-        mac.update(sealed)
-        return header, sealed, mac.finalize()
+        # A stream cipher: the body sealed in pieces is the body sealed whole.
+        first = stream.update(bytes((padding,)) + head)
+        pieces = (header, first, stream.update(payload), stream.update(bytes(padding)))
+        for piece in pieces:
+            mac.update(piece)
+        return *pieces, mac.finalize()
 
     def length(self, seq: int, header: bytes) -> int:
         return int.from_bytes(self._stream(self.header, seq).update(header), "big")
@@ -212,11 +215,11 @@ class AEADTransportMixin:
         t: transport.SSHTransportBase = self  # type: ignore[assignment]
         if held_for_key_exchange(t, messageType, payload):
             return
-        data = bytes((messageType,)) + payload
+        head = bytes((messageType,))
         if t.outgoingCompression:
-            data = t.outgoingCompression.compress(data) + t.outgoingCompression.flush(2)
+            head, payload = b"", t.outgoingCompression.compress(head + payload) + t.outgoingCompression.flush(2)
         assert t.transport is not None
-        t.transport.writeSequence(aead.seal(t.outgoingPacketSequence, data))
+        t.transport.writeSequence(aead.seal(t.outgoingPacketSequence, payload, head))
         t.outgoingPacketSequence = (t.outgoingPacketSequence + 1) & 0xFFFFFFFF
 
     def getPacket(self) -> bytes | None:
